@@ -1,0 +1,1 @@
+"""The agent daemon: consumer loop, security layers, sandboxed runner. Not built yet."""

@@ -1,0 +1,56 @@
+"""Every Redis key name of DESIGN §4, in one place, under a configurable namespace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AGENTS_GROUP = "agents"
+DEFAULT_NAMESPACE = "prov"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    """Key names for one namespace (default `prov`)."""
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    def jobs_stream(self, target: str) -> str:
+        """Stream of signed envelopes waiting for the agents of host `target`."""
+        return f"{self.namespace}:jobs:{target}"
+
+    @property
+    def events(self) -> str:
+        """Global stream of every event of every job: the audit log."""
+        return f"{self.namespace}:events"
+
+    def job(self, job_id: str) -> str:
+        """Hash holding a job's current snapshot."""
+        return f"{self.namespace}:job:{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        """Stream of one job's events."""
+        return f"{self.namespace}:job:{job_id}:events"
+
+    def job_log(self, job_id: str) -> str:
+        """Stream of one job's (redacted, capped) output lines."""
+        return f"{self.namespace}:job:{job_id}:log"
+
+    @property
+    def jobs_index(self) -> str:
+        """Sorted set of job ids by submit time."""
+        return f"{self.namespace}:jobs:index"
+
+    @property
+    def retry(self) -> str:
+        """Sorted set of job ids in retry_wait, scored by due time (epoch ms)."""
+        return f"{self.namespace}:retry"
+
+    @property
+    def agents(self) -> str:
+        """Hash of agent id -> heartbeat JSON."""
+        return f"{self.namespace}:agents"
+
+    @property
+    def dead(self) -> str:
+        """Stream of entries that could not be parsed into a job, with the reason."""
+        return f"{self.namespace}:dead"

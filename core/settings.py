@@ -1,0 +1,180 @@
+"""Settings: one frozen dataclass per process kind, built from `PROV_*` variables.
+
+`os.environ` is read only by entry points, which pass it to `from_env`. Every value is cast
+explicitly and a bad one raises `SettingsError` naming the variable. Durations carry their
+unit in the name.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from core.errors import SettingsError
+from core.keys import DEFAULT_NAMESPACE
+
+FsyncPolicy = Literal["everysec", "always"]
+
+_NAMESPACE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def default_installers_dir() -> Path:
+    """The repo's `installers/` next to the packages, else `./installers`."""
+    beside_packages = Path(__file__).resolve().parent.parent / "installers"
+    return beside_packages if beside_packages.is_dir() else Path("installers").resolve()
+
+
+class _Env:
+    """Typed reads of one environment mapping, each failing with the variable's name."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str, default: str) -> str:
+        value = self._environ.get(name, "").strip()
+        return value or default
+
+    def optional(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        if not (raw.isascii() and raw.isdigit()):
+            raise SettingsError(name, f"expected a whole number, got {raw!r}")
+        value = int(raw)
+        if not minimum <= value <= maximum:
+            raise SettingsError(name, f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(name, f"expected a number, got {raw!r}") from None
+        if not minimum <= value <= maximum:  # also refuses NaN
+            raise SettingsError(name, f"must be between {minimum} and {maximum}, got {raw}")
+        return value
+
+    def path(self, name: str, default: Path) -> Path:
+        raw = self._environ.get(name, "").strip()
+        return Path(raw).expanduser() if raw else default
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value not in choices:
+            raise SettingsError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class CommonSettings:
+    """What every process reads: where Redis is, the namespace, the keys and the apps."""
+
+    namespace: str
+    redis_url: str | None
+    redis_fsync: FsyncPolicy
+    data_dir: Path
+    installers_dir: Path
+    hmac_keys_file: Path | None
+    job_ttl_s: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> CommonSettings:
+        """Read the shared `PROV_*` variables."""
+        env = _Env(environ)
+        namespace = env.text("PROV_NAMESPACE", DEFAULT_NAMESPACE)
+        if not set(namespace) <= _NAMESPACE_CHARS:
+            raise SettingsError(
+                "PROV_NAMESPACE", "only lower-case letters, digits, '_', '-' and '.'"
+            )
+        fsync = env.choice("PROV_REDIS_FSYNC", "everysec", ("everysec", "always"))
+        return cls(
+            namespace=namespace,
+            redis_url=env.optional("PROV_REDIS_URL"),
+            redis_fsync="always" if fsync == "always" else "everysec",
+            data_dir=env.path("PROV_DATA_DIR", Path(".provision")),
+            installers_dir=env.path("PROV_INSTALLERS_DIR", default_installers_dir()),
+            hmac_keys_file=(
+                Path(raw) if (raw := env.optional("PROV_HMAC_KEYS_FILE")) is not None else None
+            ),
+            job_ttl_s=env.integer("PROV_JOB_TTL_S", 3600, minimum=10, maximum=30 * 86400),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """Settings of `provision agent` (DESIGN §8)."""
+
+    common: CommonSettings
+    agent_id: str
+    target: str
+    concurrency: int
+    lease_s: float
+    max_deliveries: int
+    kill_grace_s: float
+    shutdown_grace_s: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> AgentSettings:
+        """Read the agent's `PROV_*` variables."""
+        env = _Env(environ)
+        return cls(
+            common=CommonSettings.from_env(environ),
+            agent_id=env.text("PROV_AGENT_ID", f"{socket.gethostname()}-{os.getpid()}"),
+            target=env.text("PROV_TARGET", "local"),
+            concurrency=env.integer("PROV_AGENT_CONCURRENCY", 1, minimum=1, maximum=256),
+            lease_s=env.number("PROV_LEASE_S", 30.0, minimum=1.0, maximum=86400.0),
+            max_deliveries=env.integer("PROV_MAX_DELIVERIES", 5, minimum=1, maximum=1000),
+            kill_grace_s=env.number("PROV_KILL_GRACE_S", 10.0, minimum=0.0, maximum=3600.0),
+            shutdown_grace_s=env.number(
+                "PROV_SHUTDOWN_GRACE_S", 30.0, minimum=0.0, maximum=86400.0
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PanelSettings:
+    """Settings of `provision panel`."""
+
+    common: CommonSettings
+    host: str
+    port: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> PanelSettings:
+        """Read the panel's `PROV_*` variables."""
+        env = _Env(environ)
+        return cls(
+            common=CommonSettings.from_env(environ),
+            host=env.text("PROV_PANEL_HOST", "127.0.0.1"),
+            port=env.integer("PROV_PANEL_PORT", 8080, minimum=1, maximum=65535),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """Settings of the client commands that talk to the panel's HTTP API."""
+
+    panel_url: str
+    token: str | None
+    data_dir: Path
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ClientSettings:
+        """Read the client's `PROV_*` variables."""
+        env = _Env(environ)
+        return cls(
+            panel_url=env.text("PROV_PANEL_URL", "http://127.0.0.1:8080").rstrip("/"),
+            token=env.optional("PROV_TOKEN"),
+            data_dir=env.path("PROV_DATA_DIR", Path(".provision")),
+        )

@@ -1,0 +1,1 @@
+"""The web panel (aiohttp): catalogue, forms, submit, job pages, JSON API. Not built yet."""
