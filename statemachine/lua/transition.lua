@@ -1,0 +1,40 @@
+-- One job transition as one atomic step (DESIGN §4).
+--
+-- KEYS[1] job snapshot hash, KEYS[2] job events stream, KEYS[3] global events stream,
+-- KEYS[4..] keys used by side effects (referenced by index from ARGV[5]).
+-- ARGV[1] expected state ("" for a job that does not exist yet)
+-- ARGV[2] expected last_hash (the event's prev), so two actors can never both build on it
+-- ARGV[3] event fields, JSON array [name, value, name, value, ...]
+-- ARGV[4] snapshot fields to set, same shape
+-- ARGV[5] side effects, JSON array of ops: ["xack", key_index, group, id],
+--         ["zadd", key_index, score, member], ["zrem", key_index, member],
+--         ["xadd", key_index, fields_array]
+-- Returns {1, job_stream_id, events_stream_id, xadd ids...} or {0, actual_state, last_event_id}.
+
+local state = redis.call('HGET', KEYS[1], 'state') or ''
+local last_hash = redis.call('HGET', KEYS[1], 'last_hash') or ''
+if state ~= ARGV[1] or last_hash ~= ARGV[2] then
+  return {0, state, redis.call('HGET', KEYS[1], 'last_event_id') or ''}
+end
+
+local event = cjson.decode(ARGV[3])
+local job_stream_id = redis.call('XADD', KEYS[2], '*', unpack(event))
+local events_stream_id = redis.call('XADD', KEYS[3], '*', unpack(event))
+redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[4])))
+
+local result = {1, job_stream_id, events_stream_id}
+for _, op in ipairs(cjson.decode(ARGV[5])) do
+  local kind, key = op[1], KEYS[op[2]]
+  if kind == 'xack' then
+    redis.call('XACK', key, op[3], op[4])
+  elseif kind == 'zadd' then
+    redis.call('ZADD', key, op[3], op[4])
+  elseif kind == 'zrem' then
+    redis.call('ZREM', key, op[3])
+  elseif kind == 'xadd' then
+    table.insert(result, redis.call('XADD', key, '*', unpack(op[3])))
+  else
+    return redis.error_reply('unknown side effect ' .. tostring(kind))
+  end
+end
+return result

@@ -1,0 +1,132 @@
+"""The job state machine: seven states, eight triggers, one `transitions.Machine` built once.
+
+    (none) --submit--> queued --verify--> verified --validate--> validated --start--+
+                                                                                     |
+                          +---------------------------- start ----------------------+
+                          v                                                          |
+                       running --succeed--> succeeded                                |
+                          |  \\                                                      |
+                          |   +--retry--> retry_wait ----------- start --------------+
+                          |
+       fail / cancel: from queued, verified, validated, running, retry_wait --> failed
+
+`succeeded` and `failed` are terminal. "(none)" is the empty state `""`: a job that does not
+exist yet, which is also the `src` of every job's first event. The graph is data
+(`TRANSITIONS`); callbacks are not used, so firing a trigger can never perform I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from transitions import Machine, MachineError
+
+from core.errors import IllegalTransition
+
+NO_STATE: Final = ""
+QUEUED: Final = "queued"
+VERIFIED: Final = "verified"
+VALIDATED: Final = "validated"
+RUNNING: Final = "running"
+RETRY_WAIT: Final = "retry_wait"
+SUCCEEDED: Final = "succeeded"
+FAILED: Final = "failed"
+
+STATES: Final = (QUEUED, VERIFIED, VALIDATED, RUNNING, RETRY_WAIT, SUCCEEDED, FAILED)
+TERMINAL_STATES: Final = frozenset({SUCCEEDED, FAILED})
+ACTIVE_STATES: Final = (QUEUED, VERIFIED, VALIDATED, RUNNING, RETRY_WAIT)
+
+TRANSITIONS: Final[list[dict[str, str | list[str]]]] = [
+    {"trigger": "submit", "source": NO_STATE, "dest": QUEUED},
+    {"trigger": "verify", "source": QUEUED, "dest": VERIFIED},
+    {"trigger": "validate", "source": VERIFIED, "dest": VALIDATED},
+    {"trigger": "start", "source": [VALIDATED, RETRY_WAIT], "dest": RUNNING},
+    {"trigger": "succeed", "source": RUNNING, "dest": SUCCEEDED},
+    {"trigger": "retry", "source": RUNNING, "dest": RETRY_WAIT},
+    {"trigger": "fail", "source": list(ACTIVE_STATES), "dest": FAILED},
+    {"trigger": "cancel", "source": list(ACTIVE_STATES), "dest": FAILED},
+]
+
+TRIGGERS: Final = frozenset(str(t["trigger"]) for t in TRANSITIONS)
+
+
+class _JobModel:
+    """The object the machine moves; it only holds `state`."""
+
+    state: str
+
+
+# Built once: adding models to one machine is far cheaper than building a machine per job.
+_MACHINE: Final = Machine(
+    model=None,
+    states=[NO_STATE, *STATES],
+    transitions=TRANSITIONS,
+    initial=NO_STATE,
+    auto_transitions=False,
+)
+
+
+def _sources(trigger: str) -> frozenset[str]:
+    return frozenset(
+        source
+        for transition in TRANSITIONS
+        if transition["trigger"] == trigger
+        for source in (
+            transition["source"]
+            if isinstance(transition["source"], list)
+            else [transition["source"]]
+        )
+    )
+
+
+SOURCES: Final[dict[str, frozenset[str]]] = {trigger: _sources(trigger) for trigger in TRIGGERS}
+
+
+class JobCursor:
+    """One job walked through the machine trigger by trigger (replay uses one per job).
+
+    The model joins the machine once for the cursor's life, since joining costs far more than
+    firing; use it as a context manager so it always leaves again.
+    """
+
+    def __init__(self, job_id: str, state: str = NO_STATE) -> None:
+        self.job_id = job_id
+        self._model = _JobModel()
+        _MACHINE.add_model(self._model, initial=state)
+
+    def __enter__(self) -> JobCursor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Detach the model from the shared machine."""
+        _MACHINE.remove_model(self._model)
+
+    @property
+    def state(self) -> str:
+        """The state the job is in now."""
+        return self._model.state
+
+    def fire(self, trigger: str) -> str:
+        """Move along `trigger`, returning the new state, or raise IllegalTransition."""
+        src = self._model.state
+        if trigger not in TRIGGERS:
+            raise IllegalTransition(self.job_id, trigger, src)
+        try:
+            getattr(self._model, trigger)()
+        except MachineError:
+            raise IllegalTransition(self.job_id, trigger, src) from None
+        return self._model.state
+
+
+def next_state(job_id: str, src: str, trigger: str) -> str:
+    """The state `trigger` leads to from `src`, decided by the machine."""
+    with JobCursor(job_id, src) as cursor:
+        return cursor.fire(trigger)
+
+
+def is_terminal(state: str) -> bool:
+    """True for `succeeded` and `failed`."""
+    return state in TERMINAL_STATES

@@ -1,0 +1,287 @@
+"""The Redis event store: every job transition as one atomic, checked step.
+
+A transition reads the snapshot, asks the machine where the trigger leads, builds the event
+chained to the snapshot's `last_hash`, and runs one Lua script that appends the event to
+`prov:job:<id>:events` and `prov:events`, updates the snapshot, and performs the side effects
+that belong to the same step (ACK of the stream entry, the retry schedule, the job's stream
+entry at submit). The script first checks that the snapshot is still in the state and at the
+event the transition was built on, so of two racing actors exactly one wins; the loser gets
+`TransitionConflict` and nothing changes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from importlib.resources import files
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+
+from core.errors import JobNotFound, TransitionConflict
+from core.keyring import KeyRing
+from core.keys import RedisKeys
+from statemachine.events import Event, event_from_fields, new_event
+from statemachine.machine import NO_STATE, next_state
+from statemachine.snapshot import apply_event
+
+READ_BATCH: Final = 1000
+
+
+def now_ms() -> int:
+    """The wall clock in integer epoch milliseconds (the unit of every event time)."""
+    return time.time_ns() // 1_000_000
+
+
+def _script(name: str) -> str:
+    return files("statemachine").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class AckEntry:
+    """Acknowledge a stream entry for a consumer group in the same step."""
+
+    stream: str
+    group: str
+    entry_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRetry:
+    """Add the job to a sorted set scored by its due time (epoch ms)."""
+
+    key: str
+    due_at_ms: int
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unschedule:
+    """Remove the job from a sorted set (the retry schedule)."""
+
+    key: str
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class IndexJob:
+    """Add the job to the listing index, scored by submit time (epoch ms)."""
+
+    key: str
+    at_ms: int
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntry:
+    """Append an entry to a stream (the signed envelope, at submit)."""
+
+    stream: str
+    fields: Mapping[str, str]
+
+
+SideEffect = AckEntry | ScheduleRetry | Unschedule | IndexJob | AppendEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What a successful transition wrote."""
+
+    event: Event
+    snapshot: dict[str, str]
+    events_stream_id: str
+    appended_ids: list[str] = field(default_factory=list)
+
+
+def _flatten(mapping: Mapping[str, str]) -> list[str]:
+    return [item for pair in mapping.items() for item in pair]
+
+
+def _encode_effects(
+    effects: Sequence[SideEffect], first_index: int
+) -> tuple[list[str], list[list[Any]]]:
+    keys: list[str] = []
+    ops: list[list[Any]] = []
+
+    def index_of(key: str) -> int:
+        if key not in keys:
+            keys.append(key)
+        return first_index + keys.index(key)
+
+    for effect in effects:
+        match effect:
+            case AckEntry(stream, group, entry_id):
+                ops.append(["xack", index_of(stream), group, entry_id])
+            case ScheduleRetry(key, due_at_ms, job_id) | IndexJob(key, due_at_ms, job_id):
+                ops.append(["zadd", index_of(key), str(due_at_ms), job_id])
+            case Unschedule(key, job_id):
+                ops.append(["zrem", index_of(key), job_id])
+            case AppendEntry(stream, fields):
+                ops.append(["xadd", index_of(stream), _flatten(fields)])
+    return keys, ops
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class EventStore:
+    """Job snapshots and event streams on Redis, changed only through checked transitions."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: RedisKeys,
+        ring: KeyRing,
+        *,
+        clock_ms: Callable[[], int] = now_ms,
+    ) -> None:
+        self._client = client
+        self.keys = keys
+        self._ring = ring
+        self._clock_ms = clock_ms
+        self._transition = client.register_script(_script("transition.lua"))
+        self._request_cancel = client.register_script(_script("request_cancel.lua"))
+
+    async def snapshot(self, job_id: str) -> dict[str, str] | None:
+        """The job's current snapshot, or None when there is no such job."""
+        raw: dict[bytes | str, bytes | str] = await self._client.hgetall(self.keys.job(job_id))
+        if not raw:
+            return None
+        return {_text(key): _text(value) for key, value in raw.items()}
+
+    async def create_job(
+        self,
+        job_id: str,
+        *,
+        actor: str,
+        detail: Mapping[str, Any],
+        effects: Sequence[SideEffect] = (),
+    ) -> Applied:
+        """Write a new job's `submit` event and snapshot (and e.g. its stream entry) at once."""
+        return await self._apply(
+            job_id,
+            "submit",
+            snapshot={},
+            actor=actor,
+            detail=detail,
+            attempt=0,
+            effects=effects,
+            extra_fields={"cancel_requested": "0"},
+        )
+
+    async def transition(
+        self,
+        job_id: str,
+        trigger: str,
+        *,
+        actor: str,
+        detail: Mapping[str, Any] | None = None,
+        attempt: int | None = None,
+        expect_state: str | None = None,
+        effects: Sequence[SideEffect] = (),
+    ) -> Applied:
+        """Fire `trigger` on the job as one atomic step.
+
+        `expect_state` pins the source state the caller decided on; without it the current
+        state is used. `attempt` defaults to the snapshot's. Raises JobNotFound,
+        IllegalTransition, or TransitionConflict when another actor moved the job first.
+        """
+        snapshot = await self.snapshot(job_id)
+        if snapshot is None:
+            raise JobNotFound(job_id)
+        if expect_state is not None and snapshot.get("state", NO_STATE) != expect_state:
+            raise TransitionConflict(job_id, expect_state, snapshot.get("state", NO_STATE))
+        return await self._apply(
+            job_id,
+            trigger,
+            snapshot=snapshot,
+            actor=actor,
+            detail=detail or {},
+            attempt=int(snapshot.get("attempt", "0")) if attempt is None else attempt,
+            effects=effects,
+        )
+
+    async def _apply(
+        self,
+        job_id: str,
+        trigger: str,
+        *,
+        snapshot: Mapping[str, str],
+        actor: str,
+        detail: Mapping[str, Any],
+        attempt: int,
+        effects: Sequence[SideEffect],
+        extra_fields: Mapping[str, str] | None = None,
+    ) -> Applied:
+        src = snapshot.get("state", NO_STATE)
+        dst = next_state(job_id, src, trigger)
+        prev = snapshot.get("last_hash", "")
+        event = new_event(
+            self._ring,
+            job_id=job_id,
+            trigger=trigger,
+            src=src,
+            dst=dst,
+            at=self._clock_ms(),
+            actor=actor,
+            attempt=attempt,
+            detail=detail,
+            prev=prev,
+        )
+        changes = {**apply_event(snapshot, event), **(extra_fields or {})}
+        effect_keys, ops = _encode_effects(effects, first_index=4)
+        keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.events]
+        result = await self._transition(
+            keys=[*keys, *effect_keys],
+            args=[
+                src,
+                prev,
+                json.dumps(_flatten(event.stream_fields())),
+                json.dumps(_flatten(changes)),
+                json.dumps(ops),
+            ],
+        )
+        applied = Applied(event=event, snapshot={**snapshot, **changes}, events_stream_id="")
+        if int(result[0]) != 1:
+            actual_state, last_event_id = _text(result[1]), _text(result[2])
+            if last_event_id == event.event_id:
+                # Our own write, seen again: the client retried the script after a lost
+                # answer and the first call had run. The step happened once; report it.
+                return applied
+            raise TransitionConflict(job_id, src, actual_state)
+        return replace(
+            applied,
+            events_stream_id=_text(result[2]),
+            appended_ids=[_text(entry_id) for entry_id in result[3:]],
+        )
+
+    async def request_cancel(self, job_id: str) -> str:
+        """Set `cancel_requested` unless the job ended; returns its state ("" if unknown)."""
+        state = await self._request_cancel(keys=[self.keys.job(job_id)])
+        return _text(state)
+
+    async def iter_job_events(self, job_id: str, *, batch: int = READ_BATCH) -> AsyncIterator[Event]:
+        """The job's events in order, read in batches."""
+        async for stream_id, fields in self.iter_stream_entries(self.keys.job_events(job_id), batch):
+            yield event_from_fields(fields, stream_id=stream_id)
+
+    async def job_events(self, job_id: str) -> list[Event]:
+        """All of the job's events, in order."""
+        return [event async for event in self.iter_job_events(job_id)]
+
+    async def iter_stream_entries(
+        self, key: str, batch: int = READ_BATCH
+    ) -> AsyncIterator[tuple[str, dict[bytes | str, bytes | str]]]:
+        """Every entry of a stream as (id, fields), read in batches of `batch`."""
+        start = "-"
+        while True:
+            entries = await self._client.xrange(key, min=start, count=batch)
+            for stream_id, fields in entries:
+                yield _text(stream_id), fields
+            if len(entries) < batch:
+                return
+            start = "(" + _text(entries[-1][0])
+
