@@ -2,8 +2,9 @@
 
 The store writes exactly what `apply_event` returns, in the same atomic step as the event, and
 replay folds the same function over the events, so replay reproduces the stored snapshot by
-construction. Fields the panel sets beside the events (`cancel_requested`) are not derived
-from events and are listed in `OPERATOR_FIELDS`.
+construction. Bookkeeping fields set beside the events (`cancel_requested` by the panel,
+`entry_id`, the stream entry that currently carries the job, by the agent) are not derived
+from events and are listed in `BOOKKEEPING_FIELDS`.
 
 Every value is a string (a Redis hash); an absent value is `""`.
 """
@@ -16,8 +17,8 @@ from typing import Final
 from statemachine.events import Event
 from statemachine.machine import FAILED, RETRY_WAIT, RUNNING
 
-# Written by the panel outside the event chain; never compared by replay.
-OPERATOR_FIELDS: Final = frozenset({"cancel_requested"})
+# Written outside the event chain (cancel flag, delivery bookkeeping); replay never compares them.
+BOOKKEEPING_FIELDS: Final = frozenset({"cancel_requested", "entry_id"})
 
 # Copied from the submit event's detail into the snapshot, for listing without reading events.
 _SUBMIT_FIELDS: Final = ("app_id", "target", "requested_by")
@@ -47,12 +48,8 @@ def apply_event(snapshot: Mapping[str, str], event: Event) -> dict[str, str]:
     if event.trigger == "submit":
         changes["created_at"] = str(event.at)
         changes["exit_code"] = ""
-        changes["entry_id"] = ""
         for name in _SUBMIT_FIELDS:
             changes[name] = _as_text(detail.get(name))
-    if "entry_id" in detail:
-        # The stream entry that advanced the job out of queued; only it may continue the job.
-        changes["entry_id"] = _as_text(detail["entry_id"])
     if "exit_code" in detail:
         changes["exit_code"] = _as_text(detail["exit_code"])
     elif event.dst == RUNNING:
@@ -69,5 +66,5 @@ def fold_events(events: list[Event]) -> dict[str, str]:
 
 
 def derived_view(snapshot: Mapping[str, str]) -> dict[str, str]:
-    """The part of a stored snapshot that events determine (drops operator fields)."""
-    return {name: value for name, value in snapshot.items() if name not in OPERATOR_FIELDS}
+    """The part of a stored snapshot that events determine (drops bookkeeping fields)."""
+    return {name: value for name, value in snapshot.items() if name not in BOOKKEEPING_FIELDS}

@@ -82,7 +82,14 @@ class AppendEntry:
     fields: Mapping[str, str]
 
 
-SideEffect = AckEntry | ScheduleRetry | Unschedule | IndexJob | AppendEntry
+@dataclass(frozen=True, slots=True)
+class SetJobFields:
+    """Set bookkeeping fields on the job's snapshot (e.g. `entry_id`) in the same step."""
+
+    fields: Mapping[str, str]
+
+
+SideEffect = AckEntry | ScheduleRetry | Unschedule | IndexJob | AppendEntry | SetJobFields
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,8 @@ def _encode_effects(
                 ops.append(["zrem", index_of(key), job_id])
             case AppendEntry(stream, fields):
                 ops.append(["xadd", index_of(stream), _flatten(fields)])
+            case SetJobFields(fields):
+                ops.append(["hset", 1, _flatten(fields)])
     return keys, ops
 
 
@@ -169,7 +178,7 @@ class EventStore:
             detail=detail,
             attempt=0,
             effects=effects,
-            extra_fields={"cancel_requested": "0"},
+            extra_fields={"cancel_requested": "0", "entry_id": ""},
         )
 
     async def transition(

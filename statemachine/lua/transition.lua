@@ -8,7 +8,7 @@
 -- ARGV[4] snapshot fields to set, same shape
 -- ARGV[5] side effects, JSON array of ops: ["xack", key_index, group, id],
 --         ["zadd", key_index, score, member], ["zrem", key_index, member],
---         ["xadd", key_index, fields_array]
+--         ["xadd", key_index, fields_array], ["hset", key_index, fields_array]
 -- Returns {1, job_stream_id, events_stream_id, xadd ids...} or {0, actual_state, last_event_id}.
 
 local state = redis.call('HGET', KEYS[1], 'state') or ''
@@ -33,6 +33,8 @@ for _, op in ipairs(cjson.decode(ARGV[5])) do
     redis.call('ZREM', key, op[3])
   elseif kind == 'xadd' then
     table.insert(result, redis.call('XADD', key, '*', unpack(op[3])))
+  elseif kind == 'hset' then
+    redis.call('HSET', key, unpack(op[3]))
   else
     return redis.error_reply('unknown side effect ' .. tostring(kind))
   end
