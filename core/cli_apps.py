@@ -1,0 +1,105 @@
+"""`provision apps list|check`: the catalogue from the command line (DESIGN §2, §7)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from core.catalogue import AppEntry, Catalogue
+from core.errors import SettingsError
+from core.settings import CommonSettings
+
+_INSTALLERS_DIR_OPTION = click.option(
+    "--installers-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of app folders (default: PROV_INSTALLERS_DIR, else the repo's installers/).",
+)
+
+
+def _installers_dir(override: Path | None) -> Path:
+    if override is not None:
+        return override
+    try:
+        # os.environ is read here, in the command, and nowhere deeper (STYLE: settings).
+        return CommonSettings.from_env(os.environ).installers_dir
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _load(override: Path | None) -> Catalogue:
+    installers_dir = _installers_dir(override)
+    if not installers_dir.is_dir():
+        raise click.ClickException(f"installers folder {installers_dir} does not exist")
+    return Catalogue.load(installers_dir)
+
+
+def _as_json(entry: AppEntry) -> dict[str, object]:
+    manifest = entry.manifest
+    return {
+        "id": entry.app_id,
+        "name": manifest.name if manifest else None,
+        "version": manifest.version if manifest else None,
+        "category": manifest.category if manifest else None,
+        "valid": entry.valid,
+        "fingerprint": entry.fingerprint,
+        "problems": list(entry.problems),
+    }
+
+
+def _status(entry: AppEntry) -> str:
+    if entry.valid:
+        return "valid"
+    more = f" (+{len(entry.problems) - 1} more)" if len(entry.problems) > 1 else ""
+    first = entry.problems[0] if entry.problems else "unknown problem"
+    return f"invalid: {first}{more}"
+
+
+@click.group()
+def apps() -> None:
+    """Inspect the app catalogue."""
+
+
+@apps.command("list")
+@_INSTALLERS_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def list_apps(installers_dir: Path | None, as_json: bool) -> None:
+    """List every app: id, name, version, category and whether it is valid."""
+    catalogue = _load(installers_dir)
+    if as_json:
+        click.echo(json.dumps([_as_json(entry) for entry in catalogue.apps], indent=2))
+        return
+    header = ("ID", "NAME", "VERSION", "CATEGORY", "STATUS")
+    rows = [
+        (
+            entry.app_id,
+            entry.manifest.name if entry.manifest else "-",
+            entry.manifest.version if entry.manifest else "-",
+            entry.manifest.category if entry.manifest else "-",
+            _status(entry),
+        )
+        for entry in catalogue.apps
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]))
+
+
+@apps.command("check")
+@_INSTALLERS_DIR_OPTION
+def check_apps(installers_dir: Path | None) -> None:
+    """Print every problem of every app; exit 1 if any app is invalid."""
+    catalogue = _load(installers_dir)
+    invalid = catalogue.invalid_apps
+    for entry in invalid:
+        click.echo(f"{entry.app_id}: invalid")
+        for problem in entry.problems or ("unknown problem",):
+            click.echo(f"  - {problem}")
+    if invalid:
+        click.echo(f"{len(invalid)} of {len(catalogue.apps)} apps invalid")
+        raise SystemExit(1)
+    click.echo(f"{len(catalogue.apps)} apps OK")
