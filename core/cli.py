@@ -6,7 +6,7 @@ entry-point group, so this module never imports the panel or the agent.
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 import click
 
@@ -16,27 +16,32 @@ ENTRY_POINT_GROUP = "provision.commands"
 
 
 class PluginGroup(click.Group):
-    """A click group that loads its subcommands from entry points on first use."""
+    """A click group whose subcommands come from entry points, each imported only when used.
 
-    def _load_plugins(self) -> None:
-        if getattr(self, "_plugins_loaded", False):
-            return
-        self._plugins_loaded = True
-        for entry in entry_points(group=ENTRY_POINT_GROUP):
-            command = entry.load()
-            if not isinstance(command, click.Command):
-                raise click.ClickException(f"entry point {entry.name!r} is not a click command")
-            self.add_command(command, entry.name)
+    Importing lazily keeps `provision apps list` from loading the panel or the agent, and a
+    broken part from breaking the commands of the others.
+    """
+
+    def _entries(self) -> dict[str, EntryPoint]:
+        return {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        """List every contributed subcommand."""
-        self._load_plugins()
-        return super().list_commands(ctx)
+        """Every contributed subcommand's name."""
+        return sorted({*super().list_commands(ctx), *self._entries()})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        """Find a contributed subcommand by name."""
-        self._load_plugins()
-        return super().get_command(ctx, cmd_name)
+        """Import and return one contributed subcommand."""
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        entry = self._entries().get(cmd_name)
+        if entry is None:
+            return None
+        loaded = entry.load()
+        if not isinstance(loaded, click.Command):
+            raise click.ClickException(f"entry point {cmd_name!r} is not a click command")
+        self.add_command(loaded, cmd_name)
+        return loaded
 
 
 @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
