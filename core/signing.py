@@ -219,8 +219,13 @@ def verify_envelope(
     *,
     now: int,
     max_skew_s: int = DEFAULT_MAX_SKEW_S,
+    enforce_expiry: bool = True,
 ) -> Envelope:
-    """Check key id, HMAC over the raw bytes, strict shape, then expiry; return the envelope."""
+    """Check key id, HMAC over the raw bytes, strict shape, then expiry; return the envelope.
+
+    `enforce_expiry=False` is for a job that already left `queued` under this envelope: its
+    redelivery must resume the job however long the install or its retries took.
+    """
     if not isinstance(kid, str) or kid not in ring:
         raise UnknownKey(str(kid))
     # A signature that is not exactly what `sign` produces is simply a wrong signature;
@@ -250,7 +255,8 @@ def verify_envelope(
         expires_at=obj["expires_at"],
         kid=obj["kid"],
     )
-    check_expiry(envelope, now=now, max_skew_s=max_skew_s)
+    if enforce_expiry:
+        check_expiry(envelope, now=now, max_skew_s=max_skew_s)
     return envelope
 
 

@@ -144,9 +144,7 @@ def new_event(
         kid=ring.signing_kid,
     )
     event_hash = compute_hash(unsealed)
-    return replace(
-        unsealed, hash=event_hash, mac=compute_mac(ring, ring.signing_kid, event_hash)
-    )
+    return replace(unsealed, hash=event_hash, mac=compute_mac(ring, ring.signing_kid, event_hash))
 
 
 def integrity_problems(event: Event, ring: KeyRing) -> list[str]:

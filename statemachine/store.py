@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
 
@@ -143,16 +143,18 @@ class EventStore:
         self,
         client: aioredis.Redis,
         keys: RedisKeys,
-        ring: KeyRing,
+        ring: KeyRing | Callable[[], KeyRing],
         *,
         clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self._client = client
         self.keys = keys
-        self._ring = ring
+        # A callable lets a long-running process follow key rotation (newest key MACs).
+        self._ring_source: Callable[[], KeyRing] = ring if callable(ring) else (lambda: ring)
         self._clock_ms = clock_ms
         self._transition = client.register_script(_script("transition.lua"))
         self._request_cancel = client.register_script(_script("request_cancel.lua"))
+        self._requeue = client.register_script(_script("requeue.lua"))
 
     async def snapshot(self, job_id: str) -> dict[str, str] | None:
         """The job's current snapshot, or None when there is no such job."""
@@ -229,7 +231,7 @@ class EventStore:
         dst = next_state(job_id, src, trigger)
         prev = snapshot.get("last_hash", "")
         event = new_event(
-            self._ring,
+            self._ring_source(),
             job_id=job_id,
             trigger=trigger,
             src=src,
@@ -272,9 +274,24 @@ class EventStore:
         state = await self._request_cancel(keys=[self.keys.job(job_id)])
         return _text(state)
 
-    async def iter_job_events(self, job_id: str, *, batch: int = READ_BATCH) -> AsyncIterator[Event]:
+    async def requeue_due(self, job_id: str, *, target: str, now_ms: int) -> tuple[int, str]:
+        """Copy a due `retry_wait` job's entry to a fresh one that now carries the job.
+
+        Returns (1, new entry id), (0, why nothing was done) or (-1, why it cannot go on).
+        """
+        result = await self._requeue(
+            keys=[self.keys.job(job_id), self.keys.retry, self.keys.jobs_stream(target)],
+            args=[job_id, str(now_ms)],
+        )
+        return int(result[0]), _text(result[1])
+
+    async def iter_job_events(
+        self, job_id: str, *, batch: int = READ_BATCH
+    ) -> AsyncIterator[Event]:
         """The job's events in order, read in batches."""
-        async for stream_id, fields in self.iter_stream_entries(self.keys.job_events(job_id), batch):
+        async for stream_id, fields in self.iter_stream_entries(
+            self.keys.job_events(job_id), batch
+        ):
             yield event_from_fields(fields, stream_id=stream_id)
 
     async def job_events(self, job_id: str) -> list[Event]:
@@ -287,10 +304,12 @@ class EventStore:
         """Every entry of a stream as (id, fields), read in batches of `batch`."""
         start = "-"
         while True:
-            entries = await self._client.xrange(key, min=start, count=batch)
+            entries = cast(
+                list[tuple[bytes, dict[bytes | str, bytes | str]]],
+                await self._client.xrange(key, min=start, count=batch),
+            )
             for stream_id, fields in entries:
                 yield _text(stream_id), fields
             if len(entries) < batch:
                 return
             start = "(" + _text(entries[-1][0])
-

@@ -41,7 +41,9 @@ async def _submit(store: EventStore, job_id: str, **extra) -> None:
         detail={"app_id": "hello-web", "target": "local", "requested_by": "alice"},
         effects=[
             IndexJob(keys.jobs_index, 1000, job_id),
-            AppendEntry(keys.jobs_stream("local"), {"envelope": f"env-{job_id}", "sig": "s", "kid": "k1"}),
+            AppendEntry(
+                keys.jobs_stream("local"), {"envelope": f"env-{job_id}", "sig": "s", "kid": "k1"}
+            ),
         ],
         **extra,
     )
@@ -79,8 +81,7 @@ async def test_both_event_streams_hold_the_same_events_in_order(store, redis_cli
     await store.transition("job1", "start", actor="agent:a", attempt=1)
     per_job = await store.job_events("job1")
     global_events = [
-        event_from_fields(fields)
-        for _, fields in await redis_client.xrange(store.keys.events)
+        event_from_fields(fields) for _, fields in await redis_client.xrange(store.keys.events)
     ]
     assert global_events == per_job
     assert [e.dst for e in per_job] == ["queued", "verified", "validated", "running"]
@@ -222,7 +223,9 @@ async def test_ack_and_retry_schedule_happen_in_the_same_step_as_the_event(store
     snapshot = await store.snapshot("job1")
     assert snapshot is not None
     assert (snapshot["state"], snapshot["next_retry_at"], snapshot["exit_code"]) == (
-        "retry_wait", "5000", "2",
+        "retry_wait",
+        "5000",
+        "2",
     )
     await store.transition(
         "job1", "start", actor="agent:a", attempt=2, effects=[Unschedule(keys.retry, "job1")]
@@ -311,8 +314,12 @@ async def test_replay_detects_a_forged_event_appended_without_the_key(store, red
     [event] = await store.job_events("job1")
     forged = {
         **event.stream_fields(),
-        "trigger": "fail", "src": "queued", "dst": "failed", "prev": event.hash,
-        "event_id": "01FORGED", "detail": '{"reason":"cancelled"}',
+        "trigger": "fail",
+        "src": "queued",
+        "dst": "failed",
+        "prev": event.hash,
+        "event_id": "01FORGED",
+        "detail": '{"reason":"cancelled"}',
     }
     await redis_client.xadd(store.keys.job_events("job1"), forged)
     replayed = await replay_job(store, RING, "job1")

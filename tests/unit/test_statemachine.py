@@ -42,7 +42,13 @@ def test_every_state_and_trigger_pair_follows_the_design_table(state: str, trigg
 
 def test_the_machine_has_exactly_the_seven_states_and_no_auto_transitions() -> None:
     assert set(machine.STATES) == {
-        "queued", "verified", "validated", "running", "retry_wait", "succeeded", "failed",
+        "queued",
+        "verified",
+        "validated",
+        "running",
+        "retry_wait",
+        "succeeded",
+        "failed",
     }
     with pytest.raises(IllegalTransition):
         next_state("job", "queued", "to_running")
@@ -78,8 +84,16 @@ def _history(job_id: str = "job1", ring=RING, steps=None) -> list[Event]:
     for at, (trigger, detail, attempt) in enumerate(steps):
         dst = next_state(job_id, state, trigger)
         event = new_event(
-            ring, job_id=job_id, trigger=trigger, src=state, dst=dst, at=1_000_000_000 + at,
-            actor="agent:a1", attempt=attempt, detail=detail, prev=prev,
+            ring,
+            job_id=job_id,
+            trigger=trigger,
+            src=state,
+            dst=dst,
+            at=1_000_000_000 + at,
+            actor="agent:a1",
+            attempt=attempt,
+            detail=detail,
+            prev=prev,
         )
         events.append(event)
         state, prev = dst, event.hash
@@ -149,8 +163,16 @@ def test_replay_reports_an_illegal_transition_even_when_the_chain_is_consistent(
     # A key holder who skips verification leaves a consistent chain but an illegal move.
     events = _history(steps=[("submit", {}, 0), ("verify", {}, 0)])
     bogus = new_event(
-        RING, job_id="job1", trigger="succeed", src="verified", dst="succeeded", at=5,
-        actor="agent:x", attempt=1, detail={}, prev=events[-1].hash,
+        RING,
+        job_id="job1",
+        trigger="succeed",
+        src="verified",
+        dst="succeeded",
+        at=5,
+        actor="agent:x",
+        attempt=1,
+        detail={},
+        prev=events[-1].hash,
     )
     replayed = replay_events("job1", [*events, bogus], RING)
     assert [p.event_id for p in replayed.problems] == [bogus.event_id]

@@ -1,0 +1,100 @@
+"""`provision agent`: run the agent daemon in the foreground until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import click
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from agent.keywatch import KeyRingFile
+from core.cli_keys import resolve_keys_file
+from core.errors import KeyRingError, SettingsError
+from core.keyring import keyfile_mode_problem
+from core.logging_setup import configure_logging
+from core.redis_conn import check_durability, connect
+from core.settings import AgentSettings
+
+log = structlog.get_logger("agent")
+
+
+def redis_url_for(settings: AgentSettings) -> str:
+    """PROV_REDIS_URL, else the socket `provision up` leaves in the data folder."""
+    if settings.common.redis_url:
+        return settings.common.redis_url
+    socket_path = (settings.common.data_dir / "redis.sock").resolve()
+    if not socket_path.exists():
+        raise click.ClickException(
+            "PROV_REDIS_URL is not set and no local Redis runs in "
+            f"{settings.common.data_dir}: set PROV_REDIS_URL (e.g. redis://127.0.0.1:6379/0)"
+        )
+    return f"unix://{socket_path}"
+
+
+@click.command("agent")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    envvar="PROV_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def agent_command(log_level: str) -> None:
+    """Take signed jobs from Redis and run their installers (runs as root)."""
+    configure_logging(level=log_level)
+    try:
+        settings = AgentSettings.from_env(os.environ)
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+    keys_file, _default = resolve_keys_file(None, settings.common)
+    try:
+        ring = KeyRingFile(keys_file)
+    except (KeyRingError, OSError) as error:
+        raise click.ClickException(
+            f"cannot read the key ring {keys_file}: {error} "
+            "(set PROV_HMAC_KEYS_FILE, or create one with `provision keys new`)"
+        ) from None
+    if (problem := keyfile_mode_problem(keys_file)) is not None:
+        log.warning("keys.file_mode", path=str(keys_file), problem=problem)
+    asyncio.run(_serve(settings, ring, url=redis_url_for(settings)))
+
+
+async def _serve(settings: AgentSettings, ring: KeyRingFile, *, url: str) -> None:
+    # Imported here so `provision --help` and other commands never load the daemon.
+    from agent.daemon import Agent  # noqa: PLC0415
+
+    client = await _connect_with_patience(url)
+    try:
+        await check_durability(client, log)
+        agent = Agent(settings, client, ring.current)
+        loop = asyncio.get_running_loop()
+        signals_seen = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            log.info("agent.signal", signal=signal.Signals(signum).name, count=signals_seen)
+            # The first signal drains gracefully; a second one stops at once.
+            agent.stop(immediate=signals_seen > 1)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        await agent.run()
+    finally:
+        await client.aclose()
+
+
+async def _connect_with_patience(url: str) -> aioredis.Redis:
+    """Connect, retrying while Redis is not up yet (the agent may start before it)."""
+    delay = 0.2
+    while True:
+        try:
+            return await connect(url)
+        except (OSError, RedisError) as error:
+            log.warning("agent.redis_unreachable", error=str(error), retry_in_s=delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)

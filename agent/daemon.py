@@ -1,0 +1,378 @@
+"""The agent daemon: one consumer of `prov:jobs:<target>` in group `agents`.
+
+The loop reads like docket's worker: reclaim entries idle past the lease (their agent died),
+read new ones with a blocking XREADGROUP kept well under the socket timeout, run each entry as
+a task within the concurrency limit, renew the lease of every entry it holds, re-queue due
+retries, beat its heart in `prov:agents`, and watch running jobs for cancellation. Redis errors
+never kill it: it backs off and reconnects. `stop()` stops taking work and lets running jobs
+finish within the grace period; `stop(immediate=True)` (a second signal) cancels them, which
+kills their process groups and leaves their entries to be reclaimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, cast
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from agent.jobs import Fields, JobProcessor
+from core import __version__
+from core.catalogue import Catalogue
+from core.keyring import KeyRing
+from core.keys import AGENTS_GROUP, RedisKeys
+from core.reasons import Reason
+from core.settings import AgentSettings
+from statemachine.machine import RETRY_WAIT
+from statemachine.store import EventStore, Unschedule, now_ms
+
+log = structlog.get_logger("agent")
+
+# redis-py's stream replies are loosely typed; these are their shapes with bytes responses.
+StreamEntry = tuple[bytes, dict[bytes | str, bytes | str]]
+ReadReply = list[tuple[bytes, list[StreamEntry]]]
+
+READ_BLOCK_MS: Final = 2000  # well under the client's socket timeout
+HEARTBEAT_S: Final = 3.0
+SCHEDULER_S: Final = 0.5
+CANCEL_POLL_S: Final = 0.5
+MAX_BACKOFF_S: Final = 5.0
+
+
+class Agent:
+    """Takes jobs for one target from Redis and runs them; `run()` until `stop()`."""
+
+    def __init__(
+        self, settings: AgentSettings, client: aioredis.Redis, ring: Callable[[], KeyRing]
+    ) -> None:
+        """`ring` returns the current key ring (it may be reloaded as keys rotate)."""
+        self._settings = settings
+        self._client = client
+        self._store = EventStore(client, RedisKeys(settings.common.namespace), ring)
+        self._keys = self._store.keys
+        self._stream = self._keys.jobs_stream(settings.target)
+        self._consumer = settings.agent_id
+        self._processor = JobProcessor(client, self._store, ring, settings)
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+        self._started_at = now_ms()
+        self._lease_ms = int(settings.lease_s * 1000)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def stop(self, *, immediate: bool = False) -> None:
+        """Stop taking jobs; with `immediate`, also cancel the running ones now."""
+        if not self._stopping.is_set():
+            log.info("agent.stopping", running=sorted(self._processor.running))
+        self._stopping.set()
+        if immediate:
+            for task in self._in_flight.values():
+                task.cancel()
+
+    async def run(self) -> None:
+        """Consume until stopped, then drain within the grace period."""
+        log.info(
+            "agent.started",
+            agent_id=self._consumer,
+            target=self._settings.target,
+            concurrency=self._settings.concurrency,
+            version=__version__,
+        )
+        helpers = [
+            asyncio.create_task(self._every(HEARTBEAT_S, self._heartbeat), name="heartbeat"),
+            asyncio.create_task(
+                self._every(self._settings.lease_s / 3, self._renew_leases), name="lease"
+            ),
+            asyncio.create_task(self._every(SCHEDULER_S, self._requeue_due), name="scheduler"),
+            asyncio.create_task(self._every(CANCEL_POLL_S, self._watch_cancels), name="cancel"),
+        ]
+        try:
+            await self._consume()
+            await self._drain()
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._say_goodbye()
+            log.info("agent.stopped")
+
+    async def _drain(self) -> None:
+        if not self._in_flight:
+            return
+        grace = self._settings.shutdown_grace_s
+        log.info("agent.draining", jobs=len(self._in_flight), grace_s=grace)
+        _done, pending = await asyncio.wait(list(self._in_flight.values()), timeout=grace)
+        for task in pending:
+            task.cancel()  # the runner kills the process group; the entry stays for reclaim
+        if pending:
+            await asyncio.wait(pending)
+
+    # --- consuming ----------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        backoff = 0.1
+        first = True
+        while not self._stopping.is_set():
+            try:
+                if first:
+                    await self._ensure_group()
+                    await self._resume_own_pending()
+                    first = False
+                await self._reclaim_idle()
+                await self._read_new()
+                backoff = 0.1
+            except ResponseError as error:
+                if "NOGROUP" in str(error):
+                    first = True  # the stream or group vanished (e.g. FLUSHALL): recreate
+                    continue
+                log.error("agent.redis_error", error=str(error))
+                await self._pause(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                log.warning("agent.redis_unreachable", error=str(error), retry_in_s=backoff)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    def _free_slots(self) -> int:
+        return self._settings.concurrency - len(self._in_flight)
+
+    async def _wait_for_slot(self) -> None:
+        while self._free_slots() <= 0 and not self._stopping.is_set():
+            stop_waiter = asyncio.create_task(self._stopping.wait())
+            try:
+                await asyncio.wait(
+                    [stop_waiter, *self._in_flight.values()],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                stop_waiter.cancel()
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._client.xgroup_create(self._stream, AGENTS_GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def _resume_own_pending(self) -> None:
+        """Entries this consumer name held in a previous life (a stable PROV_AGENT_ID)."""
+        reply = cast(
+            ReadReply | None,
+            await self._client.xreadgroup(
+                AGENTS_GROUP, self._consumer, {self._stream: "0"}, count=1000
+            ),
+        )
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                await self._wait_for_slot()
+                if self._stopping.is_set():
+                    return
+                await self._dispatch(_text(entry_id), fields, from_claim=True)
+
+    async def _reclaim_idle(self) -> None:
+        if self._free_slots() <= 0:
+            return
+        reply = await self._client.xautoclaim(
+            self._stream,
+            AGENTS_GROUP,
+            self._consumer,
+            min_idle_time=self._lease_ms,
+            start_id="0-0",
+            count=self._free_slots(),
+        )
+        entries = cast(list[tuple[bytes, Fields | None]], reply[1] if len(reply) > 1 else [])
+        for entry_id, fields in entries:
+            entry = _text(entry_id)
+            if fields is None:  # Redis 6.2 reports an entry deleted from the stream as nil
+                await self._client.xack(self._stream, AGENTS_GROUP, entry)
+                continue
+            log.warning("entry.reclaimed", entry_id=entry)
+            await self._dispatch(entry, fields, from_claim=True)
+
+    async def _read_new(self) -> None:
+        await self._wait_for_slot()
+        if self._stopping.is_set():
+            return
+        reply = cast(
+            ReadReply | None,
+            await self._client.xreadgroup(
+                AGENTS_GROUP,
+                self._consumer,
+                {self._stream: ">"},
+                count=self._free_slots(),
+                block=READ_BLOCK_MS,
+            ),
+        )
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                await self._dispatch(_text(entry_id), fields, from_claim=False)
+
+    async def _dispatch(self, entry_id: str, fields: Fields, *, from_claim: bool) -> None:
+        deliveries = await self._deliveries(entry_id) if from_claim else 1
+        task = asyncio.create_task(self._process(entry_id, fields, deliveries), name=entry_id)
+        self._in_flight[entry_id] = task
+        task.add_done_callback(lambda _t: self._in_flight.pop(entry_id, None))
+
+    async def _deliveries(self, entry_id: str) -> int:
+        pending = await self._client.xpending_range(
+            self._stream, AGENTS_GROUP, min=entry_id, max=entry_id, count=1
+        )
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    async def _process(self, entry_id: str, fields: Fields, deliveries: int) -> None:
+        try:
+            await self._processor.process(entry_id, fields, deliveries=deliveries)
+        except asyncio.CancelledError:
+            log.warning("entry.interrupted", entry_id=entry_id)
+            raise
+        except RedisError as error:
+            # The entry stays pending and is reclaimed after the lease: nothing is lost.
+            log.warning("entry.redis_error", entry_id=entry_id, error=str(error))
+        except Exception:
+            log.exception("entry.crashed", entry_id=entry_id)
+
+    # --- periodic duties ----------------------------------------------------------------------
+
+    async def _every(self, period_s: float, duty: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await duty()
+            except RedisError as error:
+                log.debug("agent.duty_failed", duty=duty.__name__, error=str(error))
+            except Exception:
+                log.exception("agent.duty_crashed", duty=duty.__name__)
+            await asyncio.sleep(period_s)
+
+    async def _renew_leases(self) -> None:
+        """Re-claim every entry we hold so no other agent takes a long install."""
+        held = list(self._in_flight)
+        if not held:
+            return
+        mine = await self._client.xpending_range(
+            self._stream,
+            AGENTS_GROUP,
+            min="-",
+            max="+",
+            count=len(held) + 1000,
+            consumername=self._consumer,
+        )
+        still_mine = {_text(cast(bytes, item["message_id"])) for item in mine}
+        renew = [entry for entry in held if entry in still_mine]
+        lost = [entry for entry in held if entry not in still_mine]
+        if lost:
+            log.warning("lease.lost", entries=lost)
+        if renew:
+            await self._client.xclaim(
+                self._stream,
+                AGENTS_GROUP,
+                self._consumer,
+                min_idle_time=0,
+                message_ids=list[Any](renew),
+                justid=True,
+            )
+
+    async def _requeue_due(self) -> None:
+        """Give each due `retry_wait` job a fresh entry, so an agent starts its next attempt."""
+        now = now_ms()
+        due = cast(
+            list[bytes],
+            await self._client.zrangebyscore(self._keys.retry, "-inf", now, start=0, num=100),
+        )
+        for raw_job_id in due:
+            job_id = _text(raw_job_id)
+            snapshot = await self._store.snapshot(job_id)
+            if snapshot is None:
+                await self._client.zrem(self._keys.retry, job_id)
+                continue
+            target = snapshot.get("target", "")
+            if target != self._settings.target:
+                continue  # another host's agents re-queue their own jobs
+            if snapshot.get("state") == RETRY_WAIT and snapshot.get("cancel_requested") == "1":
+                await self._cancel_waiting(job_id)
+                continue
+            status, why = await self._store.requeue_due(job_id, target=target, now_ms=now)
+            if status == 1:
+                log.info("job.requeued", job_id=job_id, entry_id=why)
+            elif status < 0:
+                await self._fail_unqueueable(job_id, why)
+
+    async def _cancel_waiting(self, job_id: str) -> None:
+        try:
+            await self._store.transition(
+                job_id,
+                "cancel",
+                actor=f"agent:{self._consumer}",
+                expect_state=RETRY_WAIT,
+                detail={"reason": Reason.CANCELLED},
+                effects=[Unschedule(self._keys.retry, job_id)],
+            )
+        except Exception as error:
+            log.info("job.cancel_lost", job_id=job_id, error=str(error))
+
+    async def _fail_unqueueable(self, job_id: str, why: str) -> None:
+        try:
+            await self._store.transition(
+                job_id,
+                "fail",
+                actor=f"agent:{self._consumer}",
+                expect_state=RETRY_WAIT,
+                detail={"reason": Reason.MALFORMED, "problem": why},
+            )
+        except Exception as error:
+            log.info("job.fail_lost", job_id=job_id, error=str(error))
+
+    async def _watch_cancels(self) -> None:
+        running = list(self._processor.running.values())
+        if not running:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job in running:
+                pipe.hget(self._keys.job(job.job_id), "cancel_requested")
+            flags = await pipe.execute()
+        for job, flag in zip(running, flags, strict=True):
+            if flag in (b"1", "1") and not job.cancel.is_set():
+                log.info("job.cancel_seen", job_id=job.job_id)
+                job.cancel.set()
+
+    async def _heartbeat(self) -> None:
+        apps = [
+            app.app_id for app in Catalogue.load(self._settings.common.installers_dir).valid_apps
+        ]
+        beat: dict[str, Any] = {
+            "agent_id": self._consumer,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "target": self._settings.target,
+            "concurrency": self._settings.concurrency,
+            "apps": apps,
+            "running": sorted(self._processor.running),
+            "started_at": self._started_at,
+            "last_seen": now_ms(),
+            "stopping": self._stopping.is_set(),
+        }
+        await self._client.hset(self._keys.agents, self._consumer, json.dumps(beat))
+
+    async def _say_goodbye(self) -> None:
+        try:
+            await asyncio.shield(self._client.hdel(self._keys.agents, self._consumer))
+        except RedisError:
+            pass
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

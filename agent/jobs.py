@@ -1,0 +1,483 @@
+"""What the agent does with one stream entry: decide which job it speaks for, check it through
+the security layers, run it, and record the outcome (DESIGN §6).
+
+Every write goes through the event store's atomic step; the stream entry is acknowledged in
+the same step as the job's terminal event or retry schedule, and outcome writes are shielded
+from cancellation so a shutdown can never cut one in half. A job that cannot be continued
+safely is failed with its reason, never left stuck; an entry that speaks for no job goes to
+`prov:dead` and is acknowledged, so the queue keeps flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+import structlog
+
+from agent.checks import CheckedJob, check_job, check_whitelist, sandbox_environment
+from agent.joblog import JobLogWriter
+from agent.redaction import Redactor
+from agent.sandbox import run_installer
+from core.errors import EnvelopeError, JobRejected, MalformedEnvelope, TransitionError
+from core.keyring import KeyRing
+from core.keys import AGENTS_GROUP
+from core.reasons import Reason
+from core.retry import (
+    AgentLost,
+    Cancelled,
+    Exited,
+    Fail,
+    Outcome,
+    Retry,
+    RetryPolicy,
+    Signalled,
+    Succeed,
+    VerifyFailed,
+    decide,
+)
+from core.settings import AgentSettings
+from core.signing import Envelope, peek_job_id, read_stream_fields, verify_envelope
+from statemachine.machine import (
+    QUEUED,
+    RETRY_WAIT,
+    RUNNING,
+    TERMINAL_STATES,
+    VALIDATED,
+    VERIFIED,
+)
+from statemachine.store import (
+    AckEntry,
+    EventStore,
+    ScheduleRetry,
+    SetJobFields,
+    SideEffect,
+    Unschedule,
+)
+
+log = structlog.get_logger("agent.jobs")
+
+# A verify command is a quick health probe, not an install: it gets a short leash.
+MAX_VERIFY_S: Final = 120.0
+# Dead letters keep enough of a bad entry to investigate, never an unbounded copy.
+MAX_DEAD_FIELD_BYTES: Final = 16 * 1024
+
+Fields = Mapping[bytes | str, bytes | str]
+
+
+@dataclass(slots=True)
+class RunningJob:
+    """A job whose installer runs now in this agent."""
+
+    job_id: str
+    entry_id: str
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _home_directory() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return "/root"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _outcome_detail(outcome: Outcome) -> dict[str, Any]:
+    if isinstance(outcome, Exited):
+        return {"exit_code": outcome.code}
+    if isinstance(outcome, Signalled):
+        return {"signal": outcome.signal}
+    return {}
+
+
+class JobProcessor:
+    """Handles delivered entries of one target's stream for one agent."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        store: EventStore,
+        ring: Callable[[], KeyRing],
+        settings: AgentSettings,
+        *,
+        clock_s: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._keys = store.keys
+        self._ring_source = ring
+        self._settings = settings
+        self._clock_s = clock_s
+        self._stream = self._keys.jobs_stream(settings.target)
+        self._actor = f"agent:{settings.agent_id}"
+        self._app_locks: dict[str, asyncio.Lock] = {}
+        self._home = _home_directory()
+        self.running: dict[str, RunningJob] = {}
+
+    # --- entry point ------------------------------------------------------------------------
+
+    async def process(self, entry_id: str, fields: Fields, *, deliveries: int) -> None:
+        """Take one delivered entry as far as it goes: to an outcome, a retry, or the dead letters."""
+        try:
+            signed = read_stream_fields(fields)
+            job_id = peek_job_id(signed.envelope_bytes)
+        except MalformedEnvelope as error:
+            await self._dead_letter(entry_id, fields, Reason.MALFORMED, error.problem)
+            return
+        snapshot = await self._store.snapshot(job_id)
+        if snapshot is None:
+            await self._dead_letter(entry_id, fields, Reason.UNKNOWN_JOB, f"no job {job_id}")
+            return
+        with structlog.contextvars.bound_contextvars(
+            job_id=job_id, app_id=snapshot.get("app_id", ""), entry_id=entry_id
+        ):
+            state = snapshot.get("state", "")
+            if state == QUEUED:
+                await self._take_queued(
+                    job_id,
+                    entry_id,
+                    signed.envelope_bytes,
+                    signed.sig,
+                    signed.kid,
+                    snapshot,
+                    deliveries,
+                )
+            elif snapshot.get("entry_id") != entry_id:
+                # Only the entry recorded when the job left `queued` may continue it.
+                await self._dead_letter(
+                    entry_id,
+                    fields,
+                    Reason.REPLAYED,
+                    f"job {job_id} is {state} and carried by another entry",
+                )
+            elif state in TERMINAL_STATES:
+                await self._ack(entry_id)
+            else:
+                await self._resume(
+                    job_id,
+                    entry_id,
+                    signed.envelope_bytes,
+                    signed.sig,
+                    signed.kid,
+                    snapshot,
+                    deliveries,
+                )
+
+    # --- layer 1 and the decision which step comes next --------------------------------------
+
+    async def _take_queued(
+        self,
+        job_id: str,
+        entry_id: str,
+        envelope_bytes: bytes,
+        sig: str,
+        kid: str,
+        snapshot: Mapping[str, str],
+        deliveries: int,
+    ) -> None:
+        if deliveries > self._settings.max_deliveries:
+            await self._finish(
+                job_id,
+                QUEUED,
+                Fail(Reason.POISON),
+                entry_id,
+                detail={"problem": f"delivered {deliveries} times without an outcome"},
+            )
+            return
+        if snapshot.get("cancel_requested") == "1":
+            await self._finish(job_id, QUEUED, Fail(Reason.CANCELLED), entry_id)
+            return
+        try:
+            envelope = verify_envelope(
+                envelope_bytes, sig, kid, self._ring_source(), now=int(self._clock_s())
+            )
+            self._check_envelope_matches(envelope, snapshot)
+        except EnvelopeError as error:
+            log.warning("job.refused", layer="signature", reason=error.reason, problem=str(error))
+            await self._finish(
+                job_id, QUEUED, Fail(error.reason), entry_id, detail={"problem": str(error)}
+            )
+            return
+        applied = await self._transition(
+            job_id,
+            "verify",
+            QUEUED,
+            detail={"entry_id": entry_id, "kid": kid},
+            effects=[SetJobFields({"entry_id": entry_id})],
+        )
+        if applied is not None:
+            await self._continue(job_id, entry_id, envelope, applied, deliveries)
+
+    def _check_envelope_matches(self, envelope: Envelope, snapshot: Mapping[str, str]) -> None:
+        if envelope.app_id != snapshot.get("app_id") or envelope.target != snapshot.get("target"):
+            raise MalformedEnvelope("envelope names another app or target than the job")
+        if envelope.target != self._settings.target:
+            raise MalformedEnvelope(f"envelope is for target {envelope.target!r}")
+
+    async def _resume(
+        self,
+        job_id: str,
+        entry_id: str,
+        envelope_bytes: bytes,
+        sig: str,
+        kid: str,
+        snapshot: Mapping[str, str],
+        deliveries: int,
+    ) -> None:
+        state = snapshot.get("state", "")
+        if deliveries > self._settings.max_deliveries:
+            await self._finish(
+                job_id,
+                state,
+                Fail(Reason.POISON),
+                entry_id,
+                detail={"problem": f"delivered {deliveries} times without an outcome"},
+            )
+            return
+        try:
+            # The job left `queued` under this very entry, so its age no longer matters.
+            envelope = verify_envelope(
+                envelope_bytes,
+                sig,
+                kid,
+                self._ring_source(),
+                now=int(self._clock_s()),
+                enforce_expiry=False,
+            )
+        except EnvelopeError as error:
+            await self._finish(
+                job_id, state, Fail(error.reason), entry_id, detail={"problem": str(error)}
+            )
+            return
+        await self._continue(job_id, entry_id, envelope, snapshot, deliveries)
+
+    async def _continue(
+        self,
+        job_id: str,
+        entry_id: str,
+        envelope: Envelope,
+        snapshot: Mapping[str, str],
+        deliveries: int,
+    ) -> None:
+        state = snapshot.get("state", "")
+        attempt = int(snapshot.get("attempt", "0") or "0")
+        if state == RUNNING:
+            await self._agent_lost(job_id, entry_id, envelope, attempt)
+            return
+        if snapshot.get("cancel_requested") == "1":
+            await self._finish(job_id, state, Fail(Reason.CANCELLED), entry_id)
+            return
+        try:
+            checked = check_job(self._settings.common.installers_dir, envelope, self._ring_source())
+        except JobRejected as error:
+            log.warning("job.refused", reason=error.reason, problem=error.problem)
+            detail: dict[str, Any] = {"problem": error.problem}
+            if error.errors:
+                detail["errors"] = error.errors
+            await self._finish(job_id, state, Fail(error.reason), entry_id, detail=detail)
+            return
+        if state == VERIFIED:
+            applied = await self._transition(job_id, "validate", VERIFIED)
+            if applied is None:
+                return
+            state = VALIDATED
+        if state in (VALIDATED, RETRY_WAIT):
+            await self._run(job_id, entry_id, checked, state, attempt + 1)
+
+    async def _agent_lost(
+        self, job_id: str, entry_id: str, envelope: Envelope, attempt: int
+    ) -> None:
+        """A job found `running` on (re)delivery: its agent died mid-run."""
+        try:
+            manifest = check_whitelist(
+                self._settings.common.installers_dir, envelope.app_id
+            ).manifest
+        except JobRejected:
+            manifest = None
+        policy = manifest.retry if manifest is not None else RetryPolicy(max_retries=0)
+        idempotent = manifest.idempotent if manifest is not None else False
+        decision = decide(policy, attempt, AgentLost(), idempotent=idempotent)
+        log.warning("job.agent_lost", attempt=attempt, decision=type(decision).__name__)
+        await self._finish(
+            job_id, RUNNING, decision, entry_id, detail={"reason": Reason.AGENT_LOST}
+        )
+
+    # --- running --------------------------------------------------------------------------
+
+    async def _run(
+        self, job_id: str, entry_id: str, checked: CheckedJob, state: str, attempt: int
+    ) -> None:
+        manifest = checked.manifest
+        # Two jobs of one app never run at once on this host: package managers lock.
+        async with self._app_locks.setdefault(manifest.id, asyncio.Lock()):
+            fresh = await self._store.snapshot(job_id)
+            if fresh is None or fresh.get("state") != state or fresh.get("entry_id") != entry_id:
+                return  # moved on while we waited for the app (cancelled, most likely)
+            if fresh.get("cancel_requested") == "1":
+                await self._finish(job_id, state, Fail(Reason.CANCELLED), entry_id)
+                return
+            effects: list[SideEffect] = (
+                [Unschedule(self._keys.retry, job_id)] if state == RETRY_WAIT else []
+            )
+            started = await self._transition(
+                job_id,
+                "start",
+                state,
+                attempt=attempt,
+                detail={"entry_id": entry_id, "script": manifest.script},
+                effects=effects,
+            )
+            if started is None:
+                return
+            with structlog.contextvars.bound_contextvars(attempt=attempt):
+                outcome, duration_s = await self._execute(job_id, checked, attempt)
+                decision = decide(manifest.retry, attempt, outcome, idempotent=manifest.idempotent)
+                detail = {**_outcome_detail(outcome), "duration_s": round(duration_s, 3)}
+                log.info(
+                    "job.finished",
+                    outcome=type(outcome).__name__,
+                    decision=type(decision).__name__,
+                    **detail,
+                )
+                await self._finish(job_id, RUNNING, decision, entry_id, detail=detail)
+
+    async def _execute(
+        self, job_id: str, checked: CheckedJob, attempt: int
+    ) -> tuple[Outcome, float]:
+        manifest = checked.manifest
+        running = RunningJob(job_id, "")
+        self.running[job_id] = running
+        writer = JobLogWriter(
+            self._client,
+            self._keys.job_log(job_id),
+            attempt=attempt,
+            redactor=Redactor(checked.secrets),
+        )
+        env = sandbox_environment(
+            manifest, checked.values, job_id=job_id, attempt=attempt, home=self._home
+        )
+        folder = checked.app.folder.resolve()
+        started_at = time.monotonic()
+        try:
+            result = await run_installer(
+                ["bash", str(checked.script)],
+                cwd=folder,
+                env=env,
+                job_id=job_id,
+                timeout_s=float(manifest.timeout_s),
+                kill_grace_s=self._settings.kill_grace_s,
+                on_line=writer.add,
+                cancel=running.cancel,
+            )
+            outcome: Outcome = result.outcome
+            if outcome == Exited(0) and manifest.verify:
+                verified = await run_installer(
+                    ["bash", "-c", manifest.verify],
+                    cwd=folder,
+                    env=env,
+                    job_id=job_id,
+                    timeout_s=min(float(manifest.timeout_s), MAX_VERIFY_S),
+                    kill_grace_s=self._settings.kill_grace_s,
+                    on_line=writer.add,
+                    cancel=running.cancel,
+                )
+                if isinstance(verified.outcome, Cancelled):
+                    outcome = verified.outcome
+                elif verified.outcome != Exited(0):
+                    outcome = VerifyFailed()
+        finally:
+            self.running.pop(job_id, None)
+            await asyncio.shield(writer.close())
+        return outcome, time.monotonic() - started_at
+
+    # --- writing outcomes -------------------------------------------------------------------
+
+    async def _finish(
+        self,
+        job_id: str,
+        state: str,
+        decision: Succeed | Retry | Fail,
+        entry_id: str,
+        *,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a decision and acknowledge the entry in the same atomic step."""
+        ack = AckEntry(self._stream, AGENTS_GROUP, entry_id)
+        extra = dict(detail or {})
+        if isinstance(decision, Succeed):
+            await self._transition(job_id, "succeed", state, detail=extra, effects=[ack])
+        elif isinstance(decision, Retry):
+            next_retry_at = int((self._clock_s() + decision.delay_s) * 1000)
+            extra.update(
+                reason=decision.reason, delay_s=decision.delay_s, next_retry_at=next_retry_at
+            )
+            await self._transition(
+                job_id,
+                "retry",
+                state,
+                detail=extra,
+                effects=[ack, ScheduleRetry(self._keys.retry, next_retry_at, job_id)],
+            )
+        else:
+            extra["reason"] = str(decision.reason)
+            trigger = "cancel" if decision.reason == Reason.CANCELLED else "fail"
+            await self._transition(job_id, trigger, state, detail=extra, effects=[ack])
+
+    async def _transition(
+        self,
+        job_id: str,
+        trigger: str,
+        expect_state: str,
+        *,
+        detail: Mapping[str, Any] | None = None,
+        attempt: int | None = None,
+        effects: list[SideEffect] | None = None,
+    ) -> dict[str, str] | None:
+        """One shielded transition; None when another actor moved the job first."""
+        try:
+            applied = await asyncio.shield(
+                self._store.transition(
+                    job_id,
+                    trigger,
+                    actor=self._actor,
+                    detail=detail,
+                    attempt=attempt,
+                    expect_state=expect_state,
+                    effects=effects or [],
+                )
+            )
+        except TransitionError as error:
+            log.info("job.transition_lost", trigger=trigger, problem=str(error))
+            return None
+        return applied.snapshot
+
+    async def _ack(self, entry_id: str) -> None:
+        await self._client.xack(self._stream, AGENTS_GROUP, entry_id)
+
+    async def _dead_letter(self, entry_id: str, fields: Fields, reason: str, problem: str) -> None:
+        """Park an entry that speaks for no job in `prov:dead` and acknowledge it, atomically."""
+        log.warning("entry.dead_letter", entry_id=entry_id, reason=reason, problem=problem)
+        record: dict[str, str] = {
+            "reason": str(reason),
+            "problem": problem,
+            "stream": self._stream,
+            "entry_id": entry_id,
+            "agent": self._settings.agent_id,
+            "at": str(int(self._clock_s() * 1000)),
+        }
+        for key, value in fields.items():
+            name = "field:" + _text(key)[:64]
+            record[name] = _text(value)[:MAX_DEAD_FIELD_BYTES]
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self._keys.dead, record)  # type: ignore[arg-type]
+            pipe.xack(self._stream, AGENTS_GROUP, entry_id)
+            await asyncio.shield(pipe.execute())

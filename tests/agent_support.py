@@ -1,0 +1,148 @@
+"""Helpers for agent tests: throw-away apps, key files, submitting jobs, waiting for states."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.catalogue import Catalogue
+from core.keyring import KeyRing, append_new_key, load_keyring
+from core.keys import RedisKeys
+from core.validation import validate_inputs
+from panel.producer import SubmittedJob, submit_job
+from statemachine.store import EventStore
+
+
+def write_app(
+    installers: Path,
+    app_id: str,
+    script: str,
+    *,
+    inputs: list[dict[str, Any]] | None = None,
+    **manifest: Any,
+) -> Path:
+    """Create `installers/<app_id>/` with a manifest and an install.sh running `script`."""
+    folder = installers / app_id
+    folder.mkdir(parents=True, exist_ok=True)
+    document = {
+        "id": app_id,
+        "name": app_id.title(),
+        "version": "1.0.0",
+        "description": f"test app {app_id}",
+        "category": "test",
+        "inputs": inputs or [],
+        **manifest,
+    }
+    (folder / "manifest.yml").write_text(yaml.safe_dump(document, sort_keys=False))
+    install = folder / "install.sh"
+    install.write_text("#!/usr/bin/env bash\nset -euo pipefail\n" + script + "\n")
+    install.chmod(0o755)
+    return folder
+
+
+def make_ring(path: Path) -> KeyRing:
+    """A fresh key file with one key, and its ring."""
+    append_new_key(path)
+    return load_keyring(path)
+
+
+async def submit(
+    store: EventStore,
+    ring: KeyRing,
+    installers: Path,
+    app_id: str,
+    values: Mapping[str, object] | None = None,
+    *,
+    target: str = "local",
+    ttl_s: int = 3600,
+    now_s: int | None = None,
+) -> SubmittedJob:
+    """Validate `values` against the app and submit it the way the panel does."""
+    app = Catalogue.load(installers).get(app_id)
+    assert app is not None and app.valid and app.manifest is not None, app
+    normalised = validate_inputs(app.manifest, dict(values or {}))
+    return await submit_job(
+        store,
+        ring,
+        app,
+        normalised,
+        requested_by="tester",
+        target=target,
+        ttl_s=ttl_s,
+        now_s=now_s,
+    )
+
+
+async def wait_until(
+    condition: Callable[[], Any],
+    *,
+    timeout_s: float = 30.0,
+    interval_s: float = 0.05,
+    message: str = "condition",
+) -> Any:
+    """Poll an (async or plain) condition until it is truthy; fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+        await asyncio.sleep(interval_s)
+
+
+async def wait_for_state(
+    store: EventStore, job_id: str, states: set[str] | str, *, timeout_s: float = 30.0
+) -> dict[str, str]:
+    """Wait until the job's snapshot is in one of `states`; return the snapshot."""
+    wanted = {states} if isinstance(states, str) else states
+
+    async def reached() -> dict[str, str] | None:
+        snapshot = await store.snapshot(job_id)
+        return snapshot if snapshot is not None and snapshot.get("state") in wanted else None
+
+    return await wait_until(reached, timeout_s=timeout_s, message=f"job {job_id} in {wanted}")
+
+
+def agent_environ(
+    *,
+    redis_url: str,
+    namespace: str,
+    keys_file: Path,
+    installers: Path,
+    agent_id: str,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of a real `provision agent` process for a test."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PROV_REDIS_URL": redis_url,
+        "PROV_NAMESPACE": namespace,
+        "PROV_HMAC_KEYS_FILE": str(keys_file),
+        "PROV_INSTALLERS_DIR": str(installers),
+        "PROV_AGENT_ID": agent_id,
+        "PROV_LEASE_S": "3",
+        "PROV_KILL_GRACE_S": "1",
+        "PROV_SHUTDOWN_GRACE_S": "5",
+    }
+    env.update(extra)
+    return env
+
+
+def provision_argv(*args: str) -> list[str]:
+    """argv that runs the installed `provision` command with this interpreter."""
+    return [sys.executable, "-c", "from core.cli import main; main()", *args]
+
+
+def keys_of(namespace: str) -> RedisKeys:
+    """Key names for a test namespace."""
+    return RedisKeys(namespace)

@@ -1,0 +1,612 @@
+"""The agent against a real Redis: layers, outcomes, retries, cancel, dead letters, secrets.
+
+The agent runs in-process here (its `run()` as a task), with real installers run by bash.
+Whole-process behaviour (SIGKILL, two agents, SIGTERM) is in test_agent_process.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from agent.daemon import Agent
+from core.catalogue import Catalogue
+from core.keyring import KeyRing
+from core.keys import AGENTS_GROUP
+from core.settings import AgentSettings
+from core.signing import canonical_bytes, sign
+from statemachine.replay import replay_job, snapshot_drift
+from statemachine.store import AppendEntry, EventStore, IndexJob
+from tests.agent_support import (
+    agent_environ,
+    make_ring,
+    submit,
+    wait_for_state,
+    wait_until,
+    write_app,
+)
+from tests.keyring_fixtures import ring_of
+
+pytestmark = pytest.mark.redis
+
+TERMINAL = {"succeeded", "failed"}
+FAST_RETRY = {"max_retries": 2, "base_delay": 0.2, "factor": 2}
+
+
+@pytest.fixture
+def installers(tmp_path: Path) -> Path:
+    path = tmp_path / "installers"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def effects(tmp_path: Path) -> Path:
+    """A file each test installer appends `job attempt pid` to: proof of what ran."""
+    return tmp_path / "effects.log"
+
+
+@pytest.fixture
+def ring(tmp_path: Path) -> KeyRing:
+    return make_ring(tmp_path / "hmac.keys")
+
+
+@pytest.fixture
+def store(redis_client, redis_keys, ring) -> EventStore:
+    return EventStore(redis_client, redis_keys, ring)
+
+
+@pytest.fixture
+def settings(tmp_path, redis_url, namespace, installers) -> AgentSettings:
+    env = agent_environ(
+        redis_url=redis_url,
+        namespace=namespace,
+        keys_file=tmp_path / "hmac.keys",
+        installers=installers,
+        agent_id="agent-test",
+        PROV_LEASE_S="2",
+    )
+    return AgentSettings.from_env(env)
+
+
+class RunningAgent:
+    def __init__(self, agent: Agent, task: asyncio.Task[None]) -> None:
+        self.agent = agent
+        self.task = task
+
+    async def stop(self) -> None:
+        self.agent.stop()
+        await asyncio.wait_for(self.task, timeout=30)
+
+
+@pytest.fixture
+async def start_agent(redis_url, ring):
+    started: list[RunningAgent] = []
+    clients: list[aioredis.Redis] = []
+
+    async def start(settings: AgentSettings) -> RunningAgent:
+        client = aioredis.from_url(redis_url, socket_timeout=10)
+        clients.append(client)
+        agent = Agent(settings, client, lambda: ring)
+        running = RunningAgent(agent, asyncio.create_task(agent.run()))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if not running.task.done():
+            running.agent.stop(immediate=True)
+            await asyncio.wait_for(running.task, timeout=30)
+    for client in clients:
+        await client.aclose()
+
+
+def effect_lines(effects: Path) -> list[list[str]]:
+    if not effects.exists():
+        return []
+    return [line.split() for line in effects.read_text().splitlines()]
+
+
+def recording(effects: Path, then: str = "exit 0") -> str:
+    return f'echo "$PROV_JOB_ID $PROV_ATTEMPT $$" >> {effects}\n{then}'
+
+
+async def triggers(store: EventStore, job_id: str) -> list[str]:
+    return [event.trigger for event in await store.job_events(job_id)]
+
+
+async def test_a_job_runs_to_succeeded_with_every_step_recorded(
+    installers, effects, ring, store, settings, start_agent, redis_client, redis_keys
+):
+    write_app(
+        installers,
+        "hello",
+        recording(effects, 'echo "hello $NAME"; echo oops >&2'),
+        inputs=[{"name": "name", "type": "string", "default": "world"}],
+    )
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "hello", {"name": "tester"})
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert snapshot["state"] == "succeeded"
+    assert snapshot["exit_code"] == "0"
+    assert snapshot["attempt"] == "1"
+    assert await triggers(store, job.job_id) == ["submit", "verify", "validate", "start", "succeed"]
+    log = await redis_client.xrange(redis_keys.job_log(job.job_id))
+    lines = [(f[b"stream"], f[b"line"], f[b"attempt"]) for _, f in log]
+    assert (b"stdout", b"hello tester", b"1") in lines
+    assert (b"stderr", b"oops", b"1") in lines
+    pending = await redis_client.xpending(redis_keys.jobs_stream("local"), AGENTS_GROUP)
+    assert pending["pending"] == 0
+    assert [row[0] for row in effect_lines(effects)] == [job.job_id]
+    replayed = await replay_job(store, ring, job.job_id)
+    assert replayed.intact and snapshot_drift(replayed, await store.snapshot(job.job_id)) == []
+
+
+@pytest.mark.parametrize(
+    ("script", "reason"),
+    [
+        ("exit 1", "validation_error"),
+        ("exit 3", "config_error"),
+        ("exit 7", "unknown_exit"),
+        ("kill -9 $$", "killed"),
+    ],
+)
+async def test_each_exit_ends_the_job_with_its_reason(
+    installers, effects, ring, store, settings, start_agent, script, reason
+):
+    write_app(installers, "ends", recording(effects, script), retry=FAST_RETRY)
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "ends")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert (snapshot["state"], snapshot["reason"]) == ("failed", reason)
+    assert len(effect_lines(effects)) == 1  # no retry for any of these
+
+
+async def test_exit_2_is_retried_with_backoff_then_fails_with_install_error(
+    installers, effects, ring, store, settings, start_agent
+):
+    write_app(installers, "flaky", recording(effects, "exit 2"), retry=FAST_RETRY)
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "flaky")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert (snapshot["state"], snapshot["reason"], snapshot["attempt"]) == (
+        "failed",
+        "install_error",
+        "3",
+    )
+    events = await store.job_events(job.job_id)
+    retries = [e for e in events if e.trigger == "retry"]
+    assert [e.detail["delay_s"] for e in retries] == [0.2, 0.4]
+    starts = [e for e in events if e.trigger == "start"]
+    assert [e.attempt for e in starts] == [1, 2, 3]
+    # Each next start comes no earlier than its retry's due time.
+    for retry, start in zip(retries, starts[1:], strict=True):
+        assert start.at >= retry.detail["next_retry_at"]
+    assert [row[1] for row in effect_lines(effects)] == ["1", "2", "3"]
+
+
+async def test_a_flaky_install_succeeds_on_its_second_attempt(
+    installers, effects, ring, store, settings, start_agent
+):
+    write_app(
+        installers,
+        "flaky",
+        recording(effects, '[ "$PROV_ATTEMPT" -ge 2 ] || exit 2'),
+        retry=FAST_RETRY,
+    )
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "flaky")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert (snapshot["state"], snapshot["attempt"]) == ("succeeded", "2")
+    assert await triggers(store, job.job_id) == [
+        "submit",
+        "verify",
+        "validate",
+        "start",
+        "retry",
+        "start",
+        "succeed",
+    ]
+
+
+async def test_a_failing_verify_command_fails_the_job(
+    installers, effects, ring, store, settings, start_agent
+):
+    write_app(installers, "unverified", recording(effects), verify="test -e /nonexistent/x")
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "unverified")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert (snapshot["state"], snapshot["reason"]) == ("failed", "verify_failed")
+
+
+async def test_a_passing_verify_command_sees_the_inputs(
+    installers, effects, ring, store, settings, start_agent
+):
+    write_app(
+        installers,
+        "verified",
+        recording(effects),
+        verify='test "$PORT" = 8080',
+        inputs=[{"name": "port", "type": "port", "default": 8080}],
+    )
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "verified")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert snapshot["state"] == "succeeded"
+
+
+async def test_a_timeout_kills_the_whole_job_including_setsid_children(
+    installers, effects, ring, store, settings, start_agent
+):
+    script = recording(effects, "trap '' TERM\nsetsid sleep 300 &\nsleep 300 &\nsleep 300")
+    write_app(installers, "hangs", script, timeout=1)
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "hangs")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL, timeout_s=30)
+    assert (snapshot["state"], snapshot["reason"]) == ("failed", "timeout")
+    assert _processes_of(job.job_id) == []
+
+
+def _processes_of(job_id: str) -> list[int]:
+    found = []
+    marker = f"PROV_JOB_ID={job_id}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+async def test_cancel_stops_a_running_job_within_a_second_or_two(
+    installers, effects, ring, store, settings, start_agent
+):
+    write_app(installers, "long", recording(effects, "sleep 300"))
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "long")
+    await wait_for_state(store, job.job_id, "running")
+    await wait_until(lambda: effects.exists(), message="the script started")
+    assert await store.request_cancel(job.job_id) == "running"
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL, timeout_s=10)
+    assert (snapshot["state"], snapshot["reason"]) == ("failed", "cancelled")
+    assert (await store.job_events(job.job_id))[-1].trigger == "cancel"
+    assert _processes_of(job.job_id) == []
+
+
+async def test_a_retry_survives_an_agent_restart(
+    installers, effects, ring, store, settings, start_agent
+):
+    retry = {"max_retries": 1, "base_delay": 2, "factor": 1}
+    write_app(
+        installers, "flaky", recording(effects, '[ "$PROV_ATTEMPT" -ge 2 ] || exit 2'), retry=retry
+    )
+    first = await start_agent(settings)
+    job = await submit(store, ring, installers, "flaky")
+    await wait_for_state(store, job.job_id, "retry_wait")
+    await first.stop()
+    await start_agent(settings)
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert (snapshot["state"], snapshot["attempt"]) == ("succeeded", "2")
+
+
+async def test_jobs_of_one_app_never_overlap_even_with_spare_concurrency(
+    installers, effects, ring, store, tmp_path, redis_url, namespace, start_agent
+):
+    env = agent_environ(
+        redis_url=redis_url,
+        namespace=namespace,
+        keys_file=tmp_path / "hmac.keys",
+        installers=installers,
+        agent_id="agent-wide",
+        PROV_AGENT_CONCURRENCY="3",
+    )
+    lock_dir = tmp_path / "busy"
+    script = (
+        f"mkdir {lock_dir} || {{ echo overlap >> {effects}; exit 9; }}\n"
+        f"sleep 0.3; rmdir {lock_dir}\n" + recording(effects)
+    )
+    write_app(installers, "serial", script)
+    await start_agent(AgentSettings.from_env(env))
+    jobs = [await submit(store, ring, installers, "serial") for _ in range(3)]
+    for job in jobs:
+        snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+        assert snapshot["state"] == "succeeded"
+    assert "overlap" not in effects.read_text()
+
+
+# --- the security layers -----------------------------------------------------------------
+
+
+async def forge(
+    store: EventStore,
+    signing_ring: KeyRing,
+    envelope: dict,
+    *,
+    sig: str | None = None,
+    kid: str | None = None,
+    body: bytes | None = None,
+) -> str:
+    """Store a job whose stream entry carries exactly the given (possibly hostile) envelope."""
+    payload = body if body is not None else canonical_bytes(envelope)
+    used_kid, good_sig = sign(signing_ring, payload)
+    keys = store.keys
+    job_id = envelope["job_id"]
+    await store.create_job(
+        job_id,
+        actor="panel:mallory",
+        detail={"app_id": envelope["app_id"], "target": "local", "requested_by": "mallory"},
+        effects=[
+            IndexJob(keys.jobs_index, 1, job_id),
+            AppendEntry(
+                keys.jobs_stream("local"),
+                {
+                    "envelope": payload.decode("utf-8", "surrogateescape"),
+                    "sig": sig if sig is not None else good_sig,
+                    "kid": kid if kid is not None else used_kid,
+                },
+            ),
+        ],
+    )
+    return job_id
+
+
+def envelope_for(installers: Path, app_id: str, ring: KeyRing, **changes) -> dict:
+    from time import time
+
+    from ulid import ULID
+
+    app = Catalogue.load(installers).get(app_id)
+    now = int(time())
+    envelope = {
+        "v": 1,
+        "job_id": str(ULID()),
+        "app_id": app_id,
+        "app_fingerprint": app.fingerprint if app else "sha256:00",
+        "target": "local",
+        "inputs": {},
+        "sealed": {},
+        "requested_by": "mallory",
+        "issued_at": now,
+        "expires_at": now + 600,
+        "kid": ring.signing_kid,
+    }
+    envelope.update(changes)
+    return envelope
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("forged_signature", "bad_signature"),
+        ("changed_byte", "bad_signature"),
+        ("unknown_kid", "unknown_key"),
+        ("expired", "expired"),
+        ("from_the_future", "expired"),
+        ("traversal_app_id", "not_whitelisted"),
+        ("unknown_app", "not_whitelisted"),
+        ("fingerprint_mismatch", "fingerprint_mismatch"),
+        ("invalid_inputs", "invalid_inputs"),
+        ("unknown_input", "invalid_inputs"),
+    ],
+)
+async def test_every_layer_refuses_its_bad_case_and_nothing_executes(
+    installers, effects, ring, store, settings, start_agent, case, reason
+):
+    write_app(
+        installers,
+        "target",
+        recording(effects),
+        inputs=[{"name": "port", "type": "port", "default": 8080}],
+    )
+    envelope = envelope_for(installers, "target", ring, inputs={"port": "8080"})
+    kwargs: dict = {}
+    if case == "forged_signature":
+        kwargs["sig"] = "0" * 64
+    elif case == "changed_byte":
+        body = canonical_bytes(envelope)
+        kwargs["body"] = body
+        kwargs["sig"] = sign(ring, body.replace(b'"8080"', b'"8081"'))[1]
+    elif case == "unknown_kid":
+        envelope["kid"] = "zz"
+        job_id = await forge(store, ring_of("zz"), envelope)
+    elif case == "expired":
+        envelope.update(
+            issued_at=envelope["issued_at"] - 7200, expires_at=envelope["issued_at"] - 3600
+        )
+    elif case == "from_the_future":
+        envelope.update(
+            issued_at=envelope["issued_at"] + 600, expires_at=envelope["issued_at"] + 1200
+        )
+    elif case == "traversal_app_id":
+        envelope["app_id"] = "../target"
+    elif case == "unknown_app":
+        envelope["app_id"] = "nope"
+    elif case == "fingerprint_mismatch":
+        envelope["app_fingerprint"] = "sha256:" + "0" * 64
+    elif case == "invalid_inputs":
+        envelope["inputs"] = {"port": "99999"}
+    elif case == "unknown_input":
+        envelope["inputs"] = {"port": "8080", "evil": "x"}
+    if case != "unknown_kid":
+        job_id = await forge(store, ring, envelope, **kwargs)
+    await start_agent(settings)
+    snapshot = await wait_for_state(store, job_id, TERMINAL)
+    assert (snapshot["state"], snapshot["reason"]) == ("failed", reason)
+    assert not effects.exists()
+
+
+async def test_a_symlinked_script_is_refused_and_nothing_executes(
+    installers, effects, ring, store, settings, start_agent, tmp_path
+):
+    folder = write_app(installers, "linked", recording(effects))
+    job = await submit(store, ring, installers, "linked")
+    outside = tmp_path / "outside.sh"
+    outside.write_bytes((folder / "install.sh").read_bytes())
+    (folder / "install.sh").unlink()
+    (folder / "install.sh").symlink_to(outside)
+    await start_agent(settings)
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert snapshot["state"] == "failed"
+    assert snapshot["reason"] in {"not_whitelisted", "unsafe_path"}
+    assert not effects.exists()
+
+
+async def test_a_replayed_entry_goes_to_dead_letters_and_leaves_the_job_alone(
+    installers, effects, ring, store, settings, start_agent, redis_client, redis_keys
+):
+    write_app(installers, "once", recording(effects))
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "once")
+    await wait_for_state(store, job.job_id, TERMINAL)
+    before = await store.job_events(job.job_id)
+    stream = redis_keys.jobs_stream("local")
+    [(_, fields)] = await redis_client.xrange(stream, count=1)
+    await redis_client.xadd(stream, fields)
+    dead = await wait_until(lambda: redis_client.xrange(redis_keys.dead), message="a dead letter")
+    assert dead[0][1][b"reason"] == b"replayed"
+    assert await store.job_events(job.job_id) == before
+    assert len(effect_lines(effects)) == 1
+    pending = await redis_client.xpending(stream, AGENTS_GROUP)
+    assert pending["pending"] == 0
+
+
+async def test_garbage_entries_are_dead_lettered_and_the_queue_keeps_flowing(
+    installers, effects, ring, store, settings, start_agent, redis_client, redis_keys
+):
+    write_app(installers, "after", recording(effects))
+    stream = redis_keys.jobs_stream("local")
+    await redis_client.xadd(stream, {"hello": "world"})
+    await redis_client.xadd(stream, {"envelope": b"\xff\xfe{", "sig": "x", "kid": "k1"})
+    await redis_client.xadd(stream, {"envelope": '{"job_id":"../../x"}', "sig": "x", "kid": "k1"})
+    await redis_client.xadd(
+        stream,
+        {
+            "envelope": json.dumps({"job_id": "01HZZZZZZZZZZZZZZZZZZZZZZZ"}),
+            "sig": "x",
+            "kid": "k1",
+        },
+    )
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "after")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert snapshot["state"] == "succeeded"
+    dead = await redis_client.xrange(redis_keys.dead)
+    assert [fields[b"reason"] for _, fields in dead] == [
+        b"malformed",
+        b"malformed",
+        b"malformed",
+        b"unknown_job",
+    ]
+    assert (await redis_client.xpending(stream, AGENTS_GROUP))["pending"] == 0
+
+
+async def test_an_entry_delivered_too_often_ends_the_job_as_poison(
+    installers,
+    effects,
+    ring,
+    store,
+    tmp_path,
+    redis_url,
+    namespace,
+    start_agent,
+    redis_client,
+    redis_keys,
+):
+    write_app(installers, "poisoned", recording(effects))
+    job = await submit(store, ring, installers, "poisoned")
+    stream = redis_keys.jobs_stream("local")
+    await redis_client.xgroup_create(stream, AGENTS_GROUP, id="0")
+    [[_, [(entry_id, _)]]] = await redis_client.xreadgroup(AGENTS_GROUP, "ghost", {stream: ">"})
+    for _ in range(5):  # each claim by a dying consumer counts a delivery
+        await redis_client.xclaim(stream, AGENTS_GROUP, "ghost", 0, [entry_id])
+    env = agent_environ(
+        redis_url=redis_url,
+        namespace=namespace,
+        keys_file=tmp_path / "hmac.keys",
+        installers=installers,
+        agent_id="agent-p",
+        PROV_LEASE_S="1",
+        PROV_MAX_DELIVERIES="5",
+    )
+    await start_agent(AgentSettings.from_env(env))
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert (snapshot["state"], snapshot["reason"]) == ("failed", "poison")
+    assert not effects.exists()
+
+
+async def test_a_queued_job_with_cancel_requested_is_cancelled_without_running(
+    installers, effects, ring, store, settings, start_agent
+):
+    write_app(installers, "never", recording(effects))
+    job = await submit(store, ring, installers, "never")
+    await store.request_cancel(job.job_id)
+    await start_agent(settings)
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert (snapshot["state"], snapshot["reason"]) == ("failed", "cancelled")
+    assert not effects.exists()
+
+
+async def test_the_agent_beats_its_heart_in_the_agents_hash(
+    installers, ring, store, settings, start_agent, redis_client, redis_keys
+):
+    write_app(installers, "hello", "exit 0")
+    running = await start_agent(settings)
+    raw = await wait_until(
+        lambda: redis_client.hget(redis_keys.agents, "agent-test"), message="a heartbeat"
+    )
+    beat = json.loads(raw)
+    assert beat["apps"] == ["hello"]
+    assert beat["target"] == "local"
+    assert {"host", "pid", "version", "running", "last_seen"} <= set(beat)
+    await running.stop()
+    assert await redis_client.hget(redis_keys.agents, "agent-test") is None
+
+
+async def test_a_secret_echoed_by_the_script_never_rests_in_clear_in_redis(
+    installers, effects, ring, store, settings, start_agent, redis_client, namespace
+):
+    secret = "canary-Pa55word-7f3a9"
+    script = (
+        'echo "password is $ADMIN_PASSWORD"; echo "$ADMIN_PASSWORD" >&2\n'
+        'printf %s "$ADMIN_PASSWORD" | base64\n'
+        "python3 -c \"import os,urllib.parse;print(urllib.parse.quote(os.environ['ADMIN_PASSWORD']))\""
+    )
+    write_app(
+        installers,
+        "secretive",
+        script,
+        inputs=[{"name": "admin_password", "type": "password", "required": True}],
+    )
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "secretive", {"admin_password": secret})
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert snapshot["state"] == "succeeded"
+    dump = await dump_namespace(redis_client, namespace)
+    assert b"***" in dump  # the log lines are there, redacted
+    for form in (secret, base64.b64encode(secret.encode()).decode(), "canary-Pa55word"):
+        assert form.encode() not in dump, form
+
+
+async def dump_namespace(client: aioredis.Redis, namespace: str) -> bytes:
+    """Every byte of every value under the namespace, to search for secrets."""
+    chunks: list[bytes] = []
+    async for key in client.scan_iter(match=f"{namespace}:*"):
+        kind = (await client.type(key)).decode()
+        if kind == "stream":
+            for _, fields in await client.xrange(key):
+                chunks.extend(k + b"=" + v for k, v in fields.items())
+        elif kind == "hash":
+            chunks.extend(k + b"=" + v for k, v in (await client.hgetall(key)).items())
+        elif kind == "zset":
+            chunks.extend(m for m, _ in await client.zrange(key, 0, -1, withscores=True))
+        elif kind == "string":
+            chunks.append(await client.get(key) or b"")
+    return b"\n".join(chunks)
