@@ -12,6 +12,7 @@ kills their process groups and leaves their entries to be reclaimed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -142,10 +143,8 @@ class Agent:
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     async def _pause(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
 
     def _free_slots(self) -> int:
         return self._settings.concurrency - len(self._in_flight)
@@ -207,16 +206,28 @@ class Agent:
         await self._wait_for_slot()
         if self._stopping.is_set():
             return
-        reply = cast(
-            ReadReply | None,
-            await self._client.xreadgroup(
+        read = asyncio.ensure_future(
+            self._client.xreadgroup(
                 AGENTS_GROUP,
                 self._consumer,
                 {self._stream: ">"},
                 count=self._free_slots(),
                 block=READ_BLOCK_MS,
-            ),
+            )
         )
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not read.done():
+            # Stopping: don't sit out the blocking read. An entry delivered in that instant
+            # stays pending under our name and is reclaimed after the lease: never lost.
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
+            return
+        reply = cast(ReadReply | None, read.result())
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 await self._dispatch(_text(entry_id), fields, from_claim=False)
@@ -368,10 +379,8 @@ class Agent:
         await self._client.hset(self._keys.agents, self._consumer, json.dumps(beat))
 
     async def _say_goodbye(self) -> None:
-        try:
+        with contextlib.suppress(RedisError):
             await asyncio.shield(self._client.hdel(self._keys.agents, self._consumer))
-        except RedisError:
-            pass
 
 
 def _text(value: bytes | str) -> str:

@@ -4,8 +4,10 @@ DESIGN §8 caps a job's log at 5 MiB or 20,000 lines, "the first and last halves
 middle counted". The head is written as it comes. Once it is full a notice line is written,
 and from then on every new line is still streamed (the operator watches the latest output
 live), while the oldest tail entries beyond the tail half are deleted (XDEL), so the stream
-stays within the cap at every moment, not only at the end. `close()` writes how much was
-dropped. Memory stays O(batch + ids of the tail entries), whatever the script prints.
+stays within the cap at every moment, not only at the end (the two notice lines count
+against it too). `close()` writes how much was dropped, or, when the tail never overflowed
+and nothing was dropped after all, deletes the notice again. Sizes are the UTF-8 bytes of
+the lines. Memory stays O(batch + ids of the tail entries), whatever the script prints.
 
     head (first half, as written) | notice | tail (latest lines, sliding) | count
 """
@@ -149,7 +151,8 @@ class JobLogWriter:
             self._timer.cancel()  # still sleeping: it clears itself before it flushes
         if self._background:
             await asyncio.wait(self._background)
-        self._raise_failure()
+        # Write what is left even after a timed flush failed; that failure is raised below.
+        failure, self._failure = self._failure, None
         await self._flush()
         if self._omitted_lines:
             notice = omitted_notice(self._omitted_lines, self._omitted_bytes)
@@ -163,6 +166,8 @@ class JobLogWriter:
             omitted_lines=self._omitted_lines,
             omitted_bytes=self._omitted_bytes,
         )
+        if failure is not None:
+            raise failure
 
     def _accept(self, stream: str, data: bytes) -> None:
         """Queue one line as head or tail, opening the tail with the notice when needed."""

@@ -126,7 +126,7 @@ class JobProcessor:
     # --- entry point ------------------------------------------------------------------------
 
     async def process(self, entry_id: str, fields: Fields, *, deliveries: int) -> None:
-        """Take one delivered entry as far as it goes: to an outcome, a retry, or the dead letters."""
+        """Take one entry as far as it goes: an outcome, a retry, or the dead letters."""
         try:
             signed = read_stream_fields(fields)
             job_id = peek_job_id(signed.envelope_bytes)

@@ -176,6 +176,8 @@ async def _wait_for_end(
         watched.add(cancel_task)
     try:
         while True:
+            if proc.returncode is not None:
+                return None  # the exit wins a tie with the deadline
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return TimedOut()

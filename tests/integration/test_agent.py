@@ -273,7 +273,7 @@ async def test_cancel_stops_a_running_job_within_a_second_or_two(
     await start_agent(settings)
     job = await submit(store, ring, installers, "long")
     await wait_for_state(store, job.job_id, "running")
-    await wait_until(lambda: effects.exists(), message="the script started")
+    await wait_until(effects.exists, message="the script started")
     assert await store.request_cancel(job.job_id) == "running"
     snapshot = await wait_for_state(store, job.job_id, TERMINAL, timeout_s=10)
     assert (snapshot["state"], snapshot["reason"]) == ("failed", "cancelled")
@@ -577,7 +577,7 @@ async def test_a_secret_echoed_by_the_script_never_rests_in_clear_in_redis(
     script = (
         'echo "password is $ADMIN_PASSWORD"; echo "$ADMIN_PASSWORD" >&2\n'
         'printf %s "$ADMIN_PASSWORD" | base64\n'
-        "python3 -c \"import os,urllib.parse;print(urllib.parse.quote(os.environ['ADMIN_PASSWORD']))\""
+        "python3 -c \"import os,urllib.parse as u;print(u.quote(os.environ['ADMIN_PASSWORD']))\""
     )
     write_app(
         installers,

@@ -199,7 +199,7 @@ async def test_sigterm_past_the_grace_period_kills_the_job_and_leaves_it_for_rec
     snapshot = await store.snapshot(job.job_id)
     assert snapshot is not None and snapshot["state"] == "running"  # left for reclaim
     pid = int(runs_of(effects, job.job_id)[0].split()[2])
-    assert not Path(f"/proc/{pid}").exists()
+    assert not await asyncio.to_thread(Path(f"/proc/{pid}").exists)
 
 
 async def test_a_secret_never_reaches_the_agents_own_logs(installers, ring, store, spawn, tmp_path):
@@ -220,3 +220,57 @@ async def test_a_secret_never_reaches_the_agents_own_logs(installers, ring, stor
     output = agent.output()
     assert job.job_id in output  # the log did talk about the job
     assert secret not in output
+
+
+async def test_the_agent_survives_redis_restarts_and_a_waiting_retry_runs_after_them(
+    installers, ring, tmp_path
+):
+    """Redis stopped cleanly, then killed, while a job waits to retry: nothing is lost."""
+    import redis.asyncio as aioredis
+
+    from core.keys import RedisKeys
+    from core.redis_launcher import start_redis
+
+    data = tmp_path / "redis-data"
+    server = start_redis(data, fsync="always")
+    effects = tmp_path / "effects.log"
+    write_app(
+        installers,
+        "flaky",
+        recording(effects, '[ "$PROV_ATTEMPT" -ge 2 ] || exit 2'),
+        retry={"max_retries": 1, "base_delay": 4, "factor": 1},
+    )
+    env = agent_environ(
+        redis_url=server.url,
+        namespace="restart",
+        keys_file=tmp_path / "hmac.keys",
+        installers=installers,
+        agent_id="agent-r",
+    )
+    agent = AgentProcess(env, tmp_path / "agent.log")
+    client = aioredis.from_url(server.url)
+    try:
+        store = EventStore(client, RedisKeys("restart"), ring)
+        job = await submit(store, ring, installers, "flaky")
+        await wait_for_state(store, job.job_id, "retry_wait", timeout_s=30)
+        server.stop()
+        server = start_redis(data, fsync="always")
+        await client.aclose()
+        client = aioredis.from_url(server.url)
+        store = EventStore(client, RedisKeys("restart"), ring)
+        snapshot = await store.snapshot(job.job_id)
+        assert snapshot is not None and snapshot["state"] == "retry_wait"
+        server.kill()
+        server = start_redis(data, fsync="always")
+        await client.aclose()
+        client = aioredis.from_url(server.url)
+        store = EventStore(client, RedisKeys("restart"), ring)
+        snapshot = await wait_for_state(store, job.job_id, TERMINAL, timeout_s=60)
+        assert (snapshot["state"], snapshot["attempt"]) == ("succeeded", "2"), agent.output()
+        assert agent.process.poll() is None  # it never died of the outages
+        second = await submit(store, ring, installers, "flaky")
+        await wait_for_state(store, second.job_id, {"retry_wait", "succeeded"}, timeout_s=30)
+    finally:
+        agent.close()
+        await client.aclose()
+        server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -111,7 +112,7 @@ def test_events_round_trip_through_stream_fields_as_strings() -> None:
 def test_the_first_event_has_an_empty_src_and_prev_and_each_next_links_to_the_last() -> None:
     events = _history()
     assert events[0].src == "" and events[0].prev == ""
-    for before, after in zip(events, events[1:], strict=False):
+    for before, after in itertools.pairwise(events):
         assert after.prev == before.hash
 
 
