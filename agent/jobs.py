@@ -380,11 +380,14 @@ class JobProcessor:
             )
             outcome: Outcome = result.outcome
             if outcome == Exited(0) and manifest.verify:
+                # The probe carries its own id: if it hangs and is swept, the sweep must not
+                # also kill the service the install just started (it carries the job's id).
+                probe_id = f"{job_id}.verify"
                 verified = await run_installer(
                     ["bash", "-c", manifest.verify],
                     cwd=folder,
-                    env=env,
-                    job_id=job_id,
+                    env={**env, "PROV_JOB_ID": probe_id},
+                    job_id=probe_id,
                     timeout_s=min(float(manifest.timeout_s), MAX_VERIFY_S),
                     kill_grace_s=self._settings.kill_grace_s,
                     on_line=writer.add,

@@ -252,6 +252,15 @@ async def test_a_timeout_kills_the_whole_job_including_setsid_children(
     assert _processes_of(job.job_id) == []
 
 
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for a parent that never reaps it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _processes_of(job_id: str) -> list[int]:
     found = []
     marker = f"PROV_JOB_ID={job_id}".encode()
@@ -610,3 +619,25 @@ async def dump_namespace(client: aioredis.Redis, namespace: str) -> bytes:
         elif kind == "string":
             chunks.append(await client.get(key) or b"")
     return b"\n".join(chunks)
+
+
+async def test_a_hanging_verify_fails_the_job_but_spares_the_service_the_install_started(
+    installers, effects, ring, store, settings, start_agent, tmp_path
+):
+    pid_file = tmp_path / "service.pid"
+    script = f"setsid sleep 300 >/dev/null 2>&1 < /dev/null &\necho $! > {pid_file}\n" + recording(
+        effects
+    )
+    write_app(installers, "served", script, timeout=2, verify="sleep 300")
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "served")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL, timeout_s=30)
+    assert (snapshot["state"], snapshot["reason"]) == ("failed", "verify_failed")
+    service_pid = int(pid_file.read_text())
+    try:
+        assert _alive(service_pid), "the verify sweep killed the service"
+    finally:
+        import os
+        import signal
+
+        os.kill(service_pid, signal.SIGKILL)
