@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from agent.keywatch import KeyRingFile
+from core.keyring_file import KeyRingFile
 from core.cli_keys import resolve_keys_file
 from core.errors import KeyRingError, SettingsError
 from core.keyring import keyfile_mode_problem

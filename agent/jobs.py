@@ -151,6 +151,11 @@ class JobProcessor:
                     snapshot,
                     deliveries,
                 )
+            elif snapshot.get("entry_id") == "" and state in TERMINAL_STATES:
+                # The job ended before any agent took an entry for it (cancelled while
+                # queued): its entry has nothing left to do.
+                log.info("entry.job_already_ended", state=state)
+                await self._ack(entry_id)
             elif snapshot.get("entry_id") != entry_id:
                 # Only the entry recorded when the job left `queued` may continue it.
                 await self._dead_letter(
@@ -211,6 +216,7 @@ class JobProcessor:
             job_id,
             "verify",
             QUEUED,
+            entry_id=entry_id,
             detail={"entry_id": entry_id, "kid": kid},
             effects=[SetJobFields({"entry_id": entry_id})],
         )
@@ -286,7 +292,7 @@ class JobProcessor:
             await self._finish(job_id, state, Fail(error.reason), entry_id, detail=detail)
             return
         if state == VERIFIED:
-            applied = await self._transition(job_id, "validate", VERIFIED)
+            applied = await self._transition(job_id, "validate", VERIFIED, entry_id=entry_id)
             if applied is None:
                 return
             state = VALIDATED
@@ -332,6 +338,7 @@ class JobProcessor:
                 job_id,
                 "start",
                 state,
+                entry_id=entry_id,
                 attempt=attempt,
                 detail={"entry_id": entry_id, "script": manifest.script},
                 effects=effects,
@@ -417,7 +424,9 @@ class JobProcessor:
         ack = AckEntry(self._stream, AGENTS_GROUP, entry_id)
         extra = dict(detail or {})
         if isinstance(decision, Succeed):
-            await self._transition(job_id, "succeed", state, detail=extra, effects=[ack])
+            await self._transition(
+                job_id, "succeed", state, entry_id=entry_id, detail=extra, effects=[ack]
+            )
         elif isinstance(decision, Retry):
             next_retry_at = int((self._clock_s() + decision.delay_s) * 1000)
             extra.update(
@@ -427,13 +436,16 @@ class JobProcessor:
                 job_id,
                 "retry",
                 state,
+                entry_id=entry_id,
                 detail=extra,
                 effects=[ack, ScheduleRetry(self._keys.retry, next_retry_at, job_id)],
             )
         else:
             extra["reason"] = str(decision.reason)
             trigger = "cancel" if decision.reason == Reason.CANCELLED else "fail"
-            await self._transition(job_id, trigger, state, detail=extra, effects=[ack])
+            await self._transition(
+                job_id, trigger, state, entry_id=entry_id, detail=extra, effects=[ack]
+            )
 
     async def _transition(
         self,
@@ -441,11 +453,17 @@ class JobProcessor:
         trigger: str,
         expect_state: str,
         *,
+        entry_id: str,
         detail: Mapping[str, Any] | None = None,
         attempt: int | None = None,
         effects: list[SideEffect] | None = None,
     ) -> dict[str, str] | None:
-        """One shielded transition; None when another actor moved the job first."""
+        """One shielded transition; None when another actor moved the job first.
+
+        When the other actor ended the job (the panel cancelling a job we had not started),
+        nothing is left to do with our entry, so it is acknowledged rather than left to be
+        reclaimed and looked at again.
+        """
         try:
             applied = await asyncio.shield(
                 self._store.transition(
@@ -460,6 +478,9 @@ class JobProcessor:
             )
         except TransitionError as error:
             log.info("job.transition_lost", trigger=trigger, problem=str(error))
+            snapshot = await self._store.snapshot(job_id)
+            if snapshot is not None and snapshot.get("state") in TERMINAL_STATES:
+                await self._ack(entry_id)
             return None
         return applied.snapshot
 

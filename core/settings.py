@@ -149,6 +149,7 @@ class PanelSettings:
     common: CommonSettings
     host: str
     port: int
+    target: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PanelSettings:
@@ -158,6 +159,7 @@ class PanelSettings:
             common=CommonSettings.from_env(environ),
             host=env.text("PROV_PANEL_HOST", "127.0.0.1"),
             port=env.integer("PROV_PANEL_PORT", 8080, minimum=1, maximum=65535),
+            target=env.text("PROV_TARGET", "local"),
         )
 
 

@@ -1,7 +1,7 @@
-"""The key ring as the agent sees it: re-read when the key file changes.
+"""The key ring as a long-running process sees it: re-read when the key file changes.
 
 Keys rotate without downtime (DESIGN §3): `provision keys new` appends a key the panel starts
-signing with at once, so a long-running agent must pick it up without a restart, or it would
+signing with at once, so a long-running panel or agent must pick it up without a restart, or it would
 fail fresh jobs with `unknown_key`.
 """
 
@@ -15,7 +15,7 @@ import structlog
 from core.errors import KeyRingError
 from core.keyring import KeyRing, load_keyring
 
-log = structlog.get_logger("agent.keys")
+log = structlog.get_logger("keys")
 
 CHECK_INTERVAL_S = 1.0
 

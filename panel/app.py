@@ -1,0 +1,159 @@
+"""The panel application, built by one factory.
+
+`create_app(settings)` wires everything: the job store on Redis, the key ring (re-read when
+the key file changes), the catalogue cache, templates, static files, the routes, and the
+middlewares (errors, metrics; access control plugs in at `panel.access`). Every resource is
+opened and closed in one `cleanup_ctx` generator; open SSE streams are closed on shutdown.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Final
+
+import aiohttp_jinja2
+import jinja2
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from core.errors import KeyRingError
+from core.keyring import KeyRing
+from core.keyring_file import KeyRingFile
+from core.keys import RedisKeys
+from core.redis_conn import check_durability
+from core.settings import PanelSettings
+from core.validation import MAX_REQUEST_BYTES
+from panel import api, appkeys, health, pages
+from panel.catalogue_cache import CatalogueCache
+from panel.errors import Handler, error_middleware
+from panel.jobs import JobService
+from panel.metrics import PanelMetrics
+from panel.sse import stream_job
+from statemachine.store import EventStore
+
+log = structlog.get_logger("panel")
+
+PACKAGE_DIR: Final = Path(__file__).resolve().parent
+STATIC_DIR: Final = PACKAGE_DIR / "static"
+TEMPLATES_DIR: Final = PACKAGE_DIR / "templates"
+SOCKET_TIMEOUT_S: Final = 10.0
+
+RingSource = Callable[[], KeyRing]
+
+
+def keys_file_of(settings: PanelSettings) -> Path:
+    """PROV_HMAC_KEYS_FILE, else the data folder's `hmac.keys`."""
+    common = settings.common
+    return common.hmac_keys_file or common.data_dir / "hmac.keys"
+
+
+def redis_url_of(settings: PanelSettings) -> str:
+    """PROV_REDIS_URL, else the socket `provision up` leaves in the data folder."""
+    if settings.common.redis_url:
+        return settings.common.redis_url
+    return f"unix://{(settings.common.data_dir / 'redis.sock').resolve()}"
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answer by route pattern (never by raw path: ids would explode labels)."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:
+        status = error.status
+        raise
+    else:
+        status = response.status
+        return response
+    finally:
+        route = request.match_info.route
+        name = route.resource.canonical if route.resource is not None else "unmatched"
+        metrics = request.app[appkeys.METRICS]
+        metrics.requests.labels(method=request.method, route=name, status=str(status)).inc()
+        if not name.endswith("/stream"):
+            metrics.request_seconds.labels(route=name).observe(time.perf_counter() - started)
+
+
+def create_app(
+    settings: PanelSettings,
+    *,
+    ring: KeyRing | RingSource | None = None,
+    redis_url: str | None = None,
+) -> web.Application:
+    """Build the panel; `ring` and `redis_url` override the settings (tests use them)."""
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware],
+        client_max_size=MAX_REQUEST_BYTES,
+    )
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.CATALOGUE] = CatalogueCache(settings.common.installers_dir)
+    app[appkeys.METRICS] = PanelMetrics()
+    app[appkeys.STREAMS] = weakref.WeakSet[EventSourceResponse]()
+    if ring is None:
+        try:
+            app[appkeys.RING] = KeyRingFile(keys_file_of(settings)).current
+        except (OSError, KeyRingError) as error:
+            raise KeyRingError(
+                f"cannot read the key ring {keys_file_of(settings)}: {error} "
+                "(set PROV_HMAC_KEYS_FILE, or create one with `provision keys new`)"
+            ) from None
+    elif isinstance(ring, KeyRing):
+        fixed_ring = ring
+        app[appkeys.RING] = lambda: fixed_ring
+    else:
+        app[appkeys.RING] = ring
+    app.cleanup_ctx.append(_redis_context(redis_url or redis_url_of(settings)))
+    app.on_shutdown.append(_close_streams)
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=jinja2.select_autoescape(default=True),
+        context_processors=[pages.base_context],
+    )
+    app.router.add_routes(health.routes)
+    app.router.add_routes(api.routes)
+    app.router.add_get("/api/jobs/{job_id}/stream", stream_job)
+    app.router.add_routes(pages.routes)
+    app.router.add_static("/static", STATIC_DIR, name="static", append_version=True)
+    return app
+
+
+def _redis_context(url: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def redis_context(app: web.Application) -> AsyncIterator[None]:
+        # No PING here: the panel starts (and answers 503 with a clear page) while Redis is
+        # down, and the client reconnects by itself once it is back.
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=3.0,
+            health_check_interval=30,
+        )
+        settings = app[appkeys.SETTINGS]
+        store = EventStore(client, RedisKeys(settings.common.namespace), app[appkeys.RING])
+        app[appkeys.REDIS] = client
+        app[appkeys.JOBS] = JobService(
+            client, store, app[appkeys.RING], ttl_s=settings.common.job_ttl_s
+        )
+        try:
+            await check_durability(client, log)
+        except (OSError, ConnectionError) as error:
+            log.warning("panel.redis_unreachable_at_start", error=str(error))
+        except Exception as error:
+            log.warning("panel.redis_unreachable_at_start", error=str(error))
+        yield
+        await client.aclose()
+
+    return redis_context
+
+
+async def _close_streams(app: web.Application) -> None:
+    streams: weakref.WeakSet[EventSourceResponse] = app[appkeys.STREAMS]
+    for response in tuple(streams):
+        response.stop_streaming()

@@ -1,0 +1,91 @@
+"""Error answers with one stable JSON shape (DESIGN §8), and the middleware that guarantees it.
+
+`{"error": "<code>", "message": "...", "errors": {field: message}?}`. API routes always get
+JSON; pages get an HTML error page. Redis being unreachable is a 503 (`unavailable`), never a
+500; any other unexpected error is logged and answered 500 without internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+import aiohttp_jinja2
+import structlog
+from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = structlog.get_logger("panel")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_CODES = {
+    400: "malformed",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_inputs",
+    503: "unavailable",
+}
+
+API_HEADERS = {"Cache-Control": "no-store"}
+
+
+def json_error(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    errors: Mapping[str, str] | None = None,
+) -> web.Response:
+    """A JSON error answer in the stable shape."""
+    body: dict[str, object] = {"error": code or _CODES.get(status, "error"), "message": message}
+    if errors:
+        body["errors"] = dict(errors)
+    return web.json_response(body, status=status, headers=API_HEADERS)
+
+
+def is_api(request: web.Request) -> bool:
+    """Whether the request is for the JSON API (which always answers JSON)."""
+    return request.path.startswith("/api/")
+
+
+def render_error_page(request: web.Request, status: int, title: str, message: str) -> web.Response:
+    """The HTML error page (template `error.html`: status, title, message)."""
+    return aiohttp_jinja2.render_template(
+        "error.html",
+        request,
+        {"status": status, "title": title, "message": message},
+        status=status,
+    )
+
+
+REDIS_DOWN = "the job store (Redis) is unreachable; nothing was changed, try again shortly"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into the right status and shape; never leak a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if not is_api(request) or error.status < 400:
+            raise
+        message = error.text or error.reason
+        if error.status == 413:
+            message = "the request body is larger than the limit (1 MiB)"
+        return json_error(error.status, message or error.reason)
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError) as error:
+        log.warning("panel.redis_unavailable", path=request.path, error=str(error))
+        if is_api(request):
+            return json_error(503, REDIS_DOWN)
+        return render_error_page(request, 503, "The job store is unavailable", REDIS_DOWN)
+    except Exception:
+        log.exception("panel.crashed", path=request.path)
+        if is_api(request):
+            return json_error(500, "internal error", code="internal")
+        raise web.HTTPInternalServerError(text="internal error") from None

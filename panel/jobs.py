@@ -1,0 +1,332 @@
+"""The panel's view of jobs: submit, read, list, cancel, over the event store and Redis.
+
+Handlers stay thin: they parse, call one method here, and answer. Every read turns Redis
+strings into the API's shapes (DESIGN §8): times in epoch milliseconds, absent values `None`.
+Hostile ids never reach a key name: a job id must be a ULID, which the store would never
+have created otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
+
+import redis.asyncio as aioredis
+
+from core.catalogue import AppEntry
+from core.errors import FormError, TransitionError
+from core.keyring import KeyRing
+from core.keys import is_valid_target
+from core.reasons import Reason
+from core.signing import JOB_ID_PATTERN
+from core.validation import validate_inputs
+from panel.producer import SubmittedJob, submit_job
+from statemachine.events import Event, event_from_fields
+from statemachine.machine import QUEUED, RETRY_WAIT, STATES, TERMINAL_STATES
+from statemachine.store import EventStore, Unschedule
+
+MAX_PAGE: Final = 200
+# A filtered listing reads at most this many index entries per page, so a filter that
+# matches nothing can never make one request walk the whole history.
+MAX_SCAN_PER_PAGE: Final = 2000
+LOG_PAGE: Final = 5000
+
+CANCELLABLE_BY_PANEL: Final = frozenset({QUEUED, "verified", "validated", RETRY_WAIT})
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+def is_job_id(job_id: str) -> bool:
+    """Whether `job_id` can name a job (a ULID)."""
+    return bool(JOB_ID_PATTERN.fullmatch(job_id))
+
+
+def job_view(snapshot: Mapping[str, str]) -> dict[str, Any]:
+    """A snapshot in the API's shape (DESIGN §8)."""
+    state = snapshot.get("state", "")
+    return {
+        "job_id": snapshot.get("job_id", ""),
+        "app_id": snapshot.get("app_id", ""),
+        "target": snapshot.get("target", ""),
+        "state": state,
+        "reason": (snapshot.get("reason") or None) if state == "failed" else None,
+        "attempt": int(snapshot.get("attempt", "0") or "0"),
+        "exit_code": _int_or_none(snapshot.get("exit_code")),
+        "requested_by": snapshot.get("requested_by", ""),
+        "created_at": _int_or_none(snapshot.get("created_at")),
+        "updated_at": _int_or_none(snapshot.get("updated_at")),
+        "next_retry_at": _int_or_none(snapshot.get("next_retry_at")),
+        "cancel_requested": snapshot.get("cancel_requested") == "1",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilters:
+    """What a job listing is narrowed to; empty means any."""
+
+    app_id: str = ""
+    state: str = ""
+    target: str = ""
+    user: str = ""
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def matches(self, view: Mapping[str, Any]) -> bool:
+        """Whether a job view passes every filter."""
+        return (
+            (not self.app_id or view["app_id"] == self.app_id)
+            and (not self.state or view["state"] == self.state)
+            and (not self.target or view["target"] == self.target)
+            and (not self.user or view["requested_by"] == self.user)
+        )
+
+
+@dataclass(slots=True)
+class JobPage:
+    """One page of a listing, newest first, and the cursor of the next page."""
+
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One stored output line."""
+
+    id: str
+    stream: str
+    line: str
+    attempt: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The API's shape of a log line."""
+        return {"id": self.id, "stream": self.stream, "line": self.line, "attempt": self.attempt}
+
+
+def log_line_from_fields(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> LogLine:
+    """Parse a log stream entry (tolerant: a log line is shown, never trusted)."""
+    values = {_text(k): _text(v) for k, v in fields.items()}
+    attempt = values.get("attempt", "0")
+    return LogLine(
+        id=entry_id,
+        stream=values.get("stream", "stdout"),
+        line=values.get("line", ""),
+        attempt=int(attempt) if attempt.isascii() and attempt.isdigit() else 0,
+    )
+
+
+class CannotCancel(Exception):
+    """The job already ended (its final state is carried)."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        super().__init__(f"job already {state}")
+
+
+class JobService:
+    """Jobs as the panel reads and changes them."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        store: EventStore,
+        ring: Callable[[], KeyRing],
+        *,
+        ttl_s: int,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._keys = store.keys
+        self._ring_source = ring
+        self._ttl_s = ttl_s
+
+    @property
+    def store(self) -> EventStore:
+        """The event store behind this service."""
+        return self._store
+
+    async def submit(
+        self, app: AppEntry, submitted: Mapping[str, object], *, user: str, target: str
+    ) -> SubmittedJob:
+        """Validate with the shared core function, then sign, seal and store the job.
+
+        Raises FormError with a message for every bad field (the target included).
+        """
+        if app.manifest is None or not app.valid:
+            raise ValueError(f"app {app.app_id!r} is invalid")
+        errors: dict[str, str] = {}
+        try:
+            values = validate_inputs(app.manifest, submitted)
+        except FormError as error:
+            errors.update(error.errors)
+            values = {}
+        if not is_valid_target(target):
+            errors["target"] = "must be a host name of lower-case letters, digits, '.', '_', '-'"
+        if errors:
+            raise FormError(errors)
+        ring = self._ring_source()
+        return await submit_job(
+            self._store, ring, app, values, requested_by=user, target=target, ttl_s=self._ttl_s
+        )
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job's API view, or None."""
+        if not is_job_id(job_id):
+            return None
+        snapshot = await self._store.snapshot(job_id)
+        return job_view(snapshot) if snapshot else None
+
+    async def events(self, job_id: str) -> list[Event]:
+        """Every event of the job, in order."""
+        if not is_job_id(job_id):
+            return []
+        return await self._store.job_events(job_id)
+
+    async def submitted_inputs(self, job_id: str) -> dict[str, Any]:
+        """The (non-secret) inputs a job was submitted with, for "run again"."""
+        entries = cast(
+            list[tuple[bytes, dict[bytes | str, bytes | str]]],
+            await self._client.xrange(self._keys.job_events(job_id), count=1),
+        )
+        if not entries:
+            return {}
+        event = event_from_fields(entries[0][1])
+        inputs = event.detail.get("inputs", {})
+        return dict(inputs) if isinstance(inputs, dict) else {}
+
+    async def log(self, job_id: str, *, after: str = "", limit: int = LOG_PAGE) -> list[LogLine]:
+        """Log lines after the stream id `after` (from the start when empty)."""
+        if not is_job_id(job_id):
+            return []
+        start = f"({after}" if after else "-"
+        entries = cast(
+            list[tuple[bytes, dict[bytes | str, bytes | str]]],
+            await self._client.xrange(self._keys.job_log(job_id), min=start, count=limit),
+        )
+        return [log_line_from_fields(_text(entry_id), fields) for entry_id, fields in entries]
+
+    async def listing(
+        self, filters: JobFilters, *, cursor: str | None = None, limit: int = 50
+    ) -> JobPage:
+        """Jobs newest first; `cursor` continues a previous page."""
+        limit = max(1, min(limit, MAX_PAGE))
+        max_score: str = "+inf" if filters.until_ms is None else str(filters.until_ms)
+        min_score: str = "-inf" if filters.since_ms is None else str(filters.since_ms)
+        after_member = ""
+        if cursor:
+            score_text, _, after_member = cursor.partition(":")
+            if score_text.isascii() and score_text.isdigit() and is_job_id(after_member):
+                max_score = score_text
+            else:
+                after_member = ""
+        page = JobPage()
+        scanned = 0
+        offset = 0
+        while len(page.jobs) < limit and scanned < MAX_SCAN_PER_PAGE:
+            batch = cast(
+                list[tuple[bytes, float]],
+                await self._client.zrevrangebyscore(
+                    self._keys.jobs_index,
+                    max_score,
+                    min_score,
+                    start=offset,
+                    num=limit * 2,
+                    withscores=True,
+                ),
+            )
+            if not batch:
+                break
+            offset += len(batch)
+            members = [(_text(member), int(score)) for member, score in batch]
+            if after_member:
+                # Skip up to and including the cursor's job (same-score jobs sort by member).
+                members = _after(members, after_member)
+                after_member = ""
+            async with self._client.pipeline(transaction=False) as pipe:
+                for job_id, _score in members:
+                    pipe.hgetall(self._keys.job(job_id))
+                snapshots = await pipe.execute()
+            for (job_id, score), raw in zip(members, snapshots, strict=True):
+                scanned += 1
+                if not raw:
+                    continue
+                view = job_view({_text(k): _text(v) for k, v in raw.items()})
+                if filters.matches(view):
+                    page.jobs.append(view)
+                    if len(page.jobs) == limit:
+                        page.next_cursor = f"{score}:{job_id}"
+                        break
+        return page
+
+    async def cancel(self, job_id: str, *, user: str) -> str | None:
+        """Ask for cancellation; a job not running yet is failed here and now.
+
+        Returns the state at that moment, None for an unknown job; raises CannotCancel for
+        a job that already ended. A running job is killed by its agent within a second.
+        """
+        if not is_job_id(job_id):
+            return None
+        state = await self._store.request_cancel(job_id)
+        if state == "":
+            return None
+        if state in TERMINAL_STATES:
+            raise CannotCancel(state)
+        if state in CANCELLABLE_BY_PANEL:
+            effects = [Unschedule(self._keys.retry, job_id)] if state == RETRY_WAIT else []
+            try:
+                applied = await self._store.transition(
+                    job_id,
+                    "cancel",
+                    actor=f"panel:{user}",
+                    expect_state=state,
+                    detail={"reason": Reason.CANCELLED, "by": user},
+                    effects=effects,
+                )
+            except TransitionError:
+                # An agent moved it first; the flag is set, and the agent honours it.
+                snapshot = await self._store.snapshot(job_id)
+                return snapshot.get("state", state) if snapshot else state
+            return applied.event.dst
+        return state
+
+    async def agents(self) -> list[dict[str, Any]]:
+        """Every agent's last heartbeat, newest first."""
+        raw = cast(dict[bytes, bytes], await self._client.hgetall(self._keys.agents))
+        beats: list[dict[str, Any]] = []
+        for agent_id, value in raw.items():
+            try:
+                beat = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(beat, dict):
+                beat.setdefault("agent_id", _text(agent_id))
+                beats.append(beat)
+        return sorted(beats, key=lambda beat: -int(beat.get("last_seen", 0) or 0))
+
+    async def count_by_state(self, *, sample: int = 10_000) -> dict[str, int]:
+        """How many of the most recent `sample` jobs are in each state (for /metrics)."""
+        ids = cast(list[bytes], await self._client.zrevrange(self._keys.jobs_index, 0, sample - 1))
+        counts = dict.fromkeys(STATES, 0)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self._keys.job(_text(job_id)), "state")
+            states = await pipe.execute()
+        for state in states:
+            if state is not None and _text(state) in counts:
+                counts[_text(state)] += 1
+        return counts
+
+
+def _after(members: Sequence[tuple[str, int]], cursor_member: str) -> list[tuple[str, int]]:
+    for index, (member, _score) in enumerate(members):
+        if member == cursor_member:
+            return list(members[index + 1 :])
+    return list(members)

@@ -1,0 +1,106 @@
+"""`GET /api/jobs/<id>/stream`: a job's events and log lines, live, over Server-Sent Events.
+
+Each message's id is `<events stream id>/<log stream id>`: the cursors of both streams after
+that message, so a client reconnecting with `Last-Event-ID` resumes both with nothing lost and
+nothing repeated (DESIGN §8). A fresh connection starts at the job's first event and first log
+line; an empty stream's cursor is `0-0`. The two streams are merged in the order of their ids
+(both come from one Redis clock), so a client that sees the terminal event has already seen
+every log line written before it. After the job ends and both streams are drained, the
+stream stays open with keep-alive pings until the client leaves; EventSource would otherwise
+reconnect forever.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, cast
+
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from panel import appkeys
+from panel.errors import json_error
+from panel.jobs import is_job_id, log_line_from_fields
+from statemachine.events import event_from_fields
+from statemachine.machine import TERMINAL_STATES
+
+BLOCK_MS: Final = 5000
+BATCH: Final = 500
+EMPTY_CURSOR: Final = "0-0"
+
+StreamEntries = list[tuple[bytes, list[tuple[bytes, dict[bytes | str, bytes | str]]]]]
+
+
+def parse_cursor(last_event_id: str | None) -> tuple[str, str]:
+    """The two stream cursors of a `Last-Event-ID`, or the start of both."""
+    if not last_event_id:
+        return EMPTY_CURSOR, EMPTY_CURSOR
+    events, _, log = last_event_id.partition("/")
+    if _is_stream_id(events) and _is_stream_id(log):
+        return events, log
+    return EMPTY_CURSOR, EMPTY_CURSOR
+
+
+def _is_stream_id(value: str) -> bool:
+    millis, dash, seq = value.partition("-")
+    return bool(dash) and millis.isdigit() and seq.isdigit() and millis.isascii() and seq.isascii()
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    millis, _, seq = stream_id.partition("-")
+    return int(millis), int(seq)
+
+
+async def stream_job(request: web.Request) -> web.StreamResponse:
+    """Stream a job's events and log lines as they happen."""
+    job_id = request.match_info["job_id"]
+    jobs = request.app[appkeys.JOBS]
+    job = await jobs.get(job_id) if is_job_id(job_id) else None
+    if job is None:
+        return json_error(404, "no such job")
+    keys = jobs.store.keys
+    client = request.app[appkeys.REDIS]
+    events_key, log_key = keys.job_events(job_id), keys.job_log(job_id)
+    streams = request.app[appkeys.STREAMS]
+    async with sse_response(request, headers={"Cache-Control": "no-store"}) as response:
+        streams.add(response)
+        events_cursor, log_cursor = parse_cursor(response.last_event_id)
+        # A job that already ended only needs draining from the cursors on.
+        finished = job["state"] in TERMINAL_STATES
+        while response.is_connected():
+            reply = cast(
+                StreamEntries | None,
+                await client.xread(
+                    {events_key: events_cursor, log_key: log_cursor},
+                    count=BATCH,
+                    block=None if finished else BLOCK_MS,
+                ),
+            )
+            merged: list[tuple[tuple[int, int], str, str, dict[Any, Any]]] = []
+            for key, entries in reply or []:
+                kind = "event" if key.decode() == events_key else "log"
+                for raw_id, fields in entries:
+                    text_id = raw_id.decode()
+                    merged.append((_id_key(text_id), kind, text_id, fields))
+            merged.sort(key=lambda item: (item[0], item[1]))
+            for _key, kind, message_id, fields in merged:
+                if kind == "event":
+                    event = event_from_fields(fields, stream_id=message_id)
+                    events_cursor = message_id
+                    data: dict[str, Any] = event.as_dict()
+                    if event.dst in TERMINAL_STATES:
+                        finished = True
+                else:
+                    log_cursor = message_id
+                    data = log_line_from_fields(message_id, fields).as_dict()
+                await response.send(
+                    json.dumps(data, ensure_ascii=False),
+                    id=f"{events_cursor}/{log_cursor}",
+                    event=kind,
+                )
+            if finished and not merged:
+                # Ended and drained: hold the connection (pings keep it alive) until the
+                # client goes or the panel stops.
+                await response.wait()
+                break
+    return response
