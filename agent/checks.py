@@ -1,6 +1,6 @@
 """Security layers 2 to 4 of DESIGN §6, and the sandbox environment of layer 5.
 
-Layer 1 (signature, key id, expiry, replay) is decided in `agent.entries` with the snapshot;
+Layer 1 (signature, key id, expiry, replay) is decided in `agent.jobs` with the snapshot;
 these layers run on an envelope whose signature already verified. Each refusal raises
 `JobRejected` with the reason code the job fails with. Nothing here executes anything.
 """
@@ -32,6 +32,7 @@ InputValues = dict[str, str | list[str]]
 class CheckedJob:
     """A job that passed layers 2 to 4: what to run, and with which values."""
 
+    envelope: Envelope
     app: AppEntry
     manifest: Manifest
     script: Path
@@ -69,6 +70,9 @@ def check_inputs(
     password_names = {spec.name for spec in manifest.inputs if spec.type == "password"}
     if not set(envelope.sealed) <= password_names:
         raise JobRejected(Reason.INVALID_INPUTS, "a sealed value names no password input")
+    if password_names & set(envelope.inputs):
+        # A password travels sealed or not at all: one in clear was never the panel's doing.
+        raise JobRejected(Reason.INVALID_INPUTS, "a password input arrived unsealed")
     try:
         submitted = open_inputs(
             ring,
@@ -120,7 +124,14 @@ def check_job(installers_dir: Path, envelope: Envelope, ring: KeyRing) -> Checke
     values, secrets = check_inputs(app, envelope, ring)
     script = check_script_path(app)
     assert app.manifest is not None
-    return CheckedJob(app=app, manifest=app.manifest, script=script, values=values, secrets=secrets)
+    return CheckedJob(
+        envelope=envelope,
+        app=app,
+        manifest=app.manifest,
+        script=script,
+        values=values,
+        secrets=secrets,
+    )
 
 
 def sandbox_environment(

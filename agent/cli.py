@@ -11,10 +11,10 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from core.keyring_file import KeyRingFile
 from core.cli_keys import resolve_keys_file
 from core.errors import KeyRingError, SettingsError
 from core.keyring import keyfile_mode_problem
+from core.keyring_file import KeyRingFile
 from core.logging_setup import configure_logging
 from core.redis_conn import check_durability, connect
 from core.settings import AgentSettings

@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from agent.jobs import Fields, JobProcessor
 from core import __version__
 from core.catalogue import Catalogue
+from core.errors import TransitionError
 from core.keyring import KeyRing
 from core.keys import AGENTS_GROUP, RedisKeys
 from core.reasons import Reason
@@ -41,6 +42,12 @@ log = structlog.get_logger("agent")
 StreamEntry = tuple[bytes, dict[bytes | str, bytes | str]]
 ReadReply = list[tuple[bytes, list[StreamEntry]]]
 
+REQUEUE_PAGE: Final = 100
+EXPIRY_PAGE: Final = 1000
+EXPIRY_SWEEP_S: Final = 30.0
+# Envelope lifetimes are at most 30 days (PROV_JOB_TTL_S); older jobs cannot still be queued.
+EXPIRY_WINDOW_MS: Final = 31 * 86_400_000
+CATALOGUE_REFRESH_S: Final = 30.0
 READ_BLOCK_MS: Final = 2000  # well under the client's socket timeout
 HEARTBEAT_S: Final = 3.0
 SCHEDULER_S: Final = 0.5
@@ -66,6 +73,8 @@ class Agent:
         self._stopping = asyncio.Event()
         self._started_at = now_ms()
         self._lease_ms = int(settings.lease_s * 1000)
+        self._apps: list[str] | None = None
+        self._apps_loaded_at = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -94,6 +103,7 @@ class Agent:
             ),
             asyncio.create_task(self._every(SCHEDULER_S, self._requeue_due), name="scheduler"),
             asyncio.create_task(self._every(CANCEL_POLL_S, self._watch_cancels), name="cancel"),
+            asyncio.create_task(self._every(EXPIRY_SWEEP_S, self._expire_queued), name="expiry"),
         ]
         try:
             await self._consume()
@@ -194,6 +204,9 @@ class Agent:
             count=self._free_slots(),
         )
         entries = cast(list[tuple[bytes, Fields | None]], reply[1] if len(reply) > 1 else [])
+        if len(reply) > 2 and reply[2]:
+            # Redis 7 drops entries deleted from the stream from the pending list itself.
+            log.warning("entry.deleted_while_pending", entries=[_text(e) for e in reply[2]])
         for entry_id, fields in entries:
             entry = _text(entry_id)
             if fields is None:  # Redis 6.2 reports an entry deleted from the stream as nil
@@ -233,6 +246,9 @@ class Agent:
                 await self._dispatch(_text(entry_id), fields, from_claim=False)
 
     async def _dispatch(self, entry_id: str, fields: Fields, *, from_claim: bool) -> None:
+        if entry_id in self._in_flight:
+            # Ours already (handed back by XAUTOCLAIM after an outage): one task per entry.
+            return
         deliveries = await self._deliveries(entry_id) if from_claim else 1
         task = asyncio.create_task(self._process(entry_id, fields, deliveries), name=entry_id)
         self._in_flight[entry_id] = task
@@ -269,57 +285,57 @@ class Agent:
             await asyncio.sleep(period_s)
 
     async def _renew_leases(self) -> None:
-        """Re-claim every entry we hold so no other agent takes a long install."""
+        """Re-claim every entry we hold so no other agent takes a long install.
+
+        An entry another agent took meanwhile (we were cut off past the lease) is not
+        taken back: its run here is stopped and its outcome will not be recorded.
+        """
         held = list(self._in_flight)
-        if not held:
-            return
-        mine = await self._client.xpending_range(
-            self._stream,
-            AGENTS_GROUP,
-            min="-",
-            max="+",
-            count=len(held) + 1000,
-            consumername=self._consumer,
-        )
-        still_mine = {_text(cast(bytes, item["message_id"])) for item in mine}
-        renew = [entry for entry in held if entry in still_mine]
-        lost = [entry for entry in held if entry not in still_mine]
-        if lost:
-            log.warning("lease.lost", entries=lost)
-        if renew:
-            await self._client.xclaim(
-                self._stream,
-                AGENTS_GROUP,
-                self._consumer,
-                min_idle_time=0,
-                message_ids=list[Any](renew),
-                justid=True,
-            )
+        lost = await self._store.renew_leases(self._stream, AGENTS_GROUP, self._consumer, held)
+        for entry_id in lost:
+            if entry_id not in self._in_flight:
+                continue  # finished meanwhile
+            log.warning("lease.lost", entry_id=entry_id)
+            self._processor.lease_lost(entry_id)
 
     async def _requeue_due(self) -> None:
         """Give each due `retry_wait` job a fresh entry, so an agent starts its next attempt."""
         now = now_ms()
-        due = cast(
-            list[bytes],
-            await self._client.zrangebyscore(self._keys.retry, "-inf", now, start=0, num=100),
-        )
-        for raw_job_id in due:
-            job_id = _text(raw_job_id)
-            snapshot = await self._store.snapshot(job_id)
-            if snapshot is None:
-                await self._client.zrem(self._keys.retry, job_id)
-                continue
-            target = snapshot.get("target", "")
-            if target != self._settings.target:
-                continue  # another host's agents re-queue their own jobs
-            if snapshot.get("state") == RETRY_WAIT and snapshot.get("cancel_requested") == "1":
-                await self._cancel_waiting(job_id)
-                continue
-            status, why = await self._store.requeue_due(job_id, target=target, now_ms=now)
-            if status == 1:
-                log.info("job.requeued", job_id=job_id, entry_id=why)
-            elif status < 0:
-                await self._fail_unqueueable(job_id, why)
+        offset = 0
+        # Page through every due job: other targets' due jobs (whose agents may be down)
+        # must never hide ours behind them.
+        while True:
+            due = cast(
+                list[bytes],
+                await self._client.zrangebyscore(
+                    self._keys.retry, "-inf", now, start=offset, num=REQUEUE_PAGE
+                ),
+            )
+            for raw_job_id in due:
+                if await self._requeue_one(_text(raw_job_id), now):
+                    offset -= 1  # it left the set: the page shifted under us
+            if len(due) < REQUEUE_PAGE:
+                return
+            offset += len(due)
+
+    async def _requeue_one(self, job_id: str, now: int) -> bool:
+        """Re-queue one due job if it is ours; True when it left the retry set."""
+        snapshot = await self._store.snapshot(job_id)
+        if snapshot is None:
+            await self._client.zrem(self._keys.retry, job_id)
+            return True
+        target = snapshot.get("target", "")
+        if target != self._settings.target:
+            return False  # another host's agents re-queue their own jobs
+        if snapshot.get("state") == RETRY_WAIT and snapshot.get("cancel_requested") == "1":
+            await self._cancel_waiting(job_id)
+            return True
+        status, why = await self._store.requeue_due(job_id, target=target, now_ms=now)
+        if status == 1:
+            log.info("job.requeued", job_id=job_id, entry_id=why)
+        elif status < 0:
+            await self._fail_unqueueable(job_id, why)
+        return True
 
     async def _cancel_waiting(self, job_id: str) -> None:
         try:
@@ -331,10 +347,11 @@ class Agent:
                 detail={"reason": Reason.CANCELLED},
                 effects=[Unschedule(self._keys.retry, job_id)],
             )
-        except Exception as error:
+        except TransitionError as error:
             log.info("job.cancel_lost", job_id=job_id, error=str(error))
 
     async def _fail_unqueueable(self, job_id: str, why: str) -> None:
+        """A due job whose entry is gone (the stream was trimmed) cannot go on: fail it."""
         try:
             await self._store.transition(
                 job_id,
@@ -342,9 +359,51 @@ class Agent:
                 actor=f"agent:{self._consumer}",
                 expect_state=RETRY_WAIT,
                 detail={"reason": Reason.MALFORMED, "problem": why},
+                effects=[Unschedule(self._keys.retry, job_id)],
             )
-        except Exception as error:
+        except TransitionError as error:
             log.info("job.fail_lost", job_id=job_id, error=str(error))
+
+    async def _expire_queued(self) -> None:
+        """Fail jobs still queued past their envelope's expiry (DESIGN §3), any target.
+
+        An agent fails such a job when it reads the entry; this catches the ones no agent
+        reads: a target whose agents are gone, an entry lost to a trimmed stream.
+        """
+        now = now_ms()
+        window_start = now - EXPIRY_WINDOW_MS
+        offset = 0
+        while True:
+            ids = cast(
+                list[bytes],
+                await self._client.zrangebyscore(
+                    self._keys.jobs_index, window_start, now, start=offset, num=EXPIRY_PAGE
+                ),
+            )
+            if not ids:
+                return
+            async with self._client.pipeline(transaction=False) as pipe:
+                for raw in ids:
+                    pipe.hmget(self._keys.job(_text(raw)), ["state", "expires_at"])
+                rows = cast(list[list[bytes | None]], await pipe.execute())
+            for raw, (state, expires_at) in zip(ids, rows, strict=True):
+                if state != b"queued" or not expires_at or int(expires_at) >= now:
+                    continue
+                try:
+                    await self._store.transition(
+                        _text(raw),
+                        "fail",
+                        actor=f"agent:{self._consumer}",
+                        expect_state="queued",
+                        expect_fields={"entry_id": ""},
+                        detail={"reason": Reason.EXPIRED, "problem": "no agent took it in time"},
+                    )
+                    log.warning("job.expired_in_queue", job_id=_text(raw))
+                except TransitionError:
+                    continue  # an agent took it meanwhile
+            if len(ids) < EXPIRY_PAGE:
+                return
+            offset += len(ids)
 
     async def _watch_cancels(self) -> None:
         running = list(self._processor.running.values())
@@ -359,10 +418,17 @@ class Agent:
                 log.info("job.cancel_seen", job_id=job.job_id)
                 job.cancel.set()
 
+    def _app_ids(self) -> list[str]:
+        # Loading validates every manifest (patterns included): not on every beat.
+        now = asyncio.get_running_loop().time()
+        if self._apps is None or now - self._apps_loaded_at > CATALOGUE_REFRESH_S:
+            catalogue = Catalogue.load(self._settings.common.installers_dir)
+            self._apps = [app.app_id for app in catalogue.valid_apps]
+            self._apps_loaded_at = now
+        return self._apps
+
     async def _heartbeat(self) -> None:
-        apps = [
-            app.app_id for app in Catalogue.load(self._settings.common.installers_dir).valid_apps
-        ]
+        apps = self._app_ids()
         beat: dict[str, Any] = {
             "agent_id": self._consumer,
             "host": socket.gethostname(),

@@ -20,11 +20,13 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
 
+from agent.applock import AppLocks
 from agent.checks import CheckedJob, check_job, check_whitelist, sandbox_environment
 from agent.joblog import JobLogWriter
 from agent.redaction import Redactor
-from agent.sandbox import run_installer
+from agent.sandbox import run_installer, sweep_job_processes
 from core.errors import EnvelopeError, JobRejected, MalformedEnvelope, TransitionError
 from core.keyring import KeyRing
 from core.keys import AGENTS_GROUP
@@ -78,6 +80,9 @@ class RunningJob:
     job_id: str
     entry_id: str
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when another agent took our entry (we were cut off past the lease): the run is
+    # killed and its outcome is not ours to record any more.
+    lease_lost: bool = False
 
 
 def _home_directory() -> str:
@@ -119,9 +124,16 @@ class JobProcessor:
         self._clock_s = clock_s
         self._stream = self._keys.jobs_stream(settings.target)
         self._actor = f"agent:{settings.agent_id}"
-        self._app_locks: dict[str, asyncio.Lock] = {}
+        self._app_locks = AppLocks()
         self._home = _home_directory()
         self.running: dict[str, RunningJob] = {}
+
+    def lease_lost(self, entry_id: str) -> None:
+        """Another agent took `entry_id`: stop its run here and record nothing for it."""
+        for job in self.running.values():
+            if job.entry_id == entry_id:
+                job.lease_lost = True
+                job.cancel.set()
 
     # --- entry point ------------------------------------------------------------------------
 
@@ -314,7 +326,12 @@ class JobProcessor:
         decision = decide(policy, attempt, AgentLost(), idempotent=idempotent)
         log.warning("job.agent_lost", attempt=attempt, decision=type(decision).__name__)
         await self._finish(
-            job_id, RUNNING, decision, entry_id, detail={"reason": Reason.AGENT_LOST}
+            job_id,
+            RUNNING,
+            decision,
+            entry_id,
+            detail={"reason": Reason.AGENT_LOST},
+            attempt=attempt,
         )
 
     # --- running --------------------------------------------------------------------------
@@ -324,13 +341,30 @@ class JobProcessor:
     ) -> None:
         manifest = checked.manifest
         # Two jobs of one app never run at once on this host: package managers lock.
-        async with self._app_locks.setdefault(manifest.id, asyncio.Lock()):
+        async with self._app_locks.hold(manifest.id):
             fresh = await self._store.snapshot(job_id)
             if fresh is None or fresh.get("state") != state or fresh.get("entry_id") != entry_id:
                 return  # moved on while we waited for the app (cancelled, most likely)
             if fresh.get("cancel_requested") == "1":
                 await self._finish(job_id, state, Fail(Reason.CANCELLED), entry_id)
                 return
+            try:
+                # Waiting for the app may have taken minutes: check again that the files
+                # on disk are still the ones the panel validated against.
+                checked = check_job(
+                    self._settings.common.installers_dir,
+                    checked.envelope,
+                    self._ring_source(),
+                )
+            except JobRejected as error:
+                await self._finish(
+                    job_id, state, Fail(error.reason), entry_id, detail={"problem": error.problem}
+                )
+                return
+            if attempt > 1:
+                swept = await sweep_job_processes(job_id)
+                if swept:
+                    log.warning("job.orphans_killed", pids=list(swept))
             effects: list[SideEffect] = (
                 [Unschedule(self._keys.retry, job_id)] if state == RETRY_WAIT else []
             )
@@ -346,7 +380,12 @@ class JobProcessor:
             if started is None:
                 return
             with structlog.contextvars.bound_contextvars(attempt=attempt):
-                outcome, duration_s = await self._execute(job_id, checked, attempt)
+                running = RunningJob(job_id, entry_id)
+                outcome, duration_s = await self._execute(running, checked, attempt)
+                if running.lease_lost:
+                    # Another agent owns the job now; whatever we would write is stale.
+                    log.warning("job.outcome_dropped", reason="lease lost")
+                    return
                 decision = decide(manifest.retry, attempt, outcome, idempotent=manifest.idempotent)
                 detail = {**_outcome_detail(outcome), "duration_s": round(duration_s, 3)}
                 log.info(
@@ -355,13 +394,15 @@ class JobProcessor:
                     decision=type(decision).__name__,
                     **detail,
                 )
-                await self._finish(job_id, RUNNING, decision, entry_id, detail=detail)
+                await self._finish(
+                    job_id, RUNNING, decision, entry_id, detail=detail, attempt=attempt
+                )
 
     async def _execute(
-        self, job_id: str, checked: CheckedJob, attempt: int
+        self, running: RunningJob, checked: CheckedJob, attempt: int
     ) -> tuple[Outcome, float]:
+        job_id = running.job_id
         manifest = checked.manifest
-        running = RunningJob(job_id, "")
         self.running[job_id] = running
         writer = JobLogWriter(
             self._client,
@@ -369,6 +410,16 @@ class JobProcessor:
             attempt=attempt,
             redactor=Redactor(checked.secrets),
         )
+        dropped_lines = 0
+
+        async def store_line(stream: str, line: str) -> None:
+            # The log is best effort: a Redis hiccup must not kill a half-done install.
+            nonlocal dropped_lines
+            try:
+                await writer.add(stream, line)
+            except (RedisError, OSError):
+                dropped_lines += 1
+
         env = sandbox_environment(
             manifest, checked.values, job_id=job_id, attempt=attempt, home=self._home
         )
@@ -382,7 +433,7 @@ class JobProcessor:
                 job_id=job_id,
                 timeout_s=float(manifest.timeout_s),
                 kill_grace_s=self._settings.kill_grace_s,
-                on_line=writer.add,
+                on_line=store_line,
                 cancel=running.cancel,
             )
             outcome: Outcome = result.outcome
@@ -397,7 +448,7 @@ class JobProcessor:
                     job_id=probe_id,
                     timeout_s=min(float(manifest.timeout_s), MAX_VERIFY_S),
                     kill_grace_s=self._settings.kill_grace_s,
-                    on_line=writer.add,
+                    on_line=store_line,
                     cancel=running.cancel,
                 )
                 if isinstance(verified.outcome, Cancelled):
@@ -406,7 +457,12 @@ class JobProcessor:
                     outcome = VerifyFailed()
         finally:
             self.running.pop(job_id, None)
-            await asyncio.shield(writer.close())
+            try:
+                await asyncio.shield(writer.close())
+            except (RedisError, OSError) as error:
+                log.warning("job.log_incomplete", error=str(error))
+            if dropped_lines:
+                log.warning("job.log_lines_dropped", lines=dropped_lines)
         return outcome, time.monotonic() - started_at
 
     # --- writing outcomes -------------------------------------------------------------------
@@ -419,13 +475,19 @@ class JobProcessor:
         entry_id: str,
         *,
         detail: Mapping[str, Any] | None = None,
+        attempt: int | None = None,
     ) -> None:
-        """Record a decision and acknowledge the entry in the same atomic step."""
+        """Record a decision and acknowledge the entry in the same atomic step.
+
+        `attempt`, for the outcome of a run, must still be the job's attempt when the step
+        happens: only the run that is current may decide the job.
+        """
         ack = AckEntry(self._stream, AGENTS_GROUP, entry_id)
         extra = dict(detail or {})
+        run = {"run_attempt": attempt}
         if isinstance(decision, Succeed):
             await self._transition(
-                job_id, "succeed", state, entry_id=entry_id, detail=extra, effects=[ack]
+                job_id, "succeed", state, entry_id=entry_id, detail=extra, effects=[ack], **run
             )
         elif isinstance(decision, Retry):
             next_retry_at = int((self._clock_s() + decision.delay_s) * 1000)
@@ -439,12 +501,13 @@ class JobProcessor:
                 entry_id=entry_id,
                 detail=extra,
                 effects=[ack, ScheduleRetry(self._keys.retry, next_retry_at, job_id)],
+                **run,
             )
         else:
             extra["reason"] = str(decision.reason)
             trigger = "cancel" if decision.reason == Reason.CANCELLED else "fail"
             await self._transition(
-                job_id, trigger, state, entry_id=entry_id, detail=extra, effects=[ack]
+                job_id, trigger, state, entry_id=entry_id, detail=extra, effects=[ack], **run
             )
 
     async def _transition(
@@ -457,13 +520,21 @@ class JobProcessor:
         detail: Mapping[str, Any] | None = None,
         attempt: int | None = None,
         effects: list[SideEffect] | None = None,
+        run_attempt: int | None = None,
     ) -> dict[str, str] | None:
         """One shielded transition; None when another actor moved the job first.
+
+        Inside the atomic step the job must still be carried by `entry_id` (by no entry yet,
+        while queued) and, with `run_attempt`, still be on that attempt: an agent cut off
+        past its lease can then never write over the run that replaced its own.
 
         When the other actor ended the job (the panel cancelling a job we had not started),
         nothing is left to do with our entry, so it is acknowledged rather than left to be
         reclaimed and looked at again.
         """
+        expected = {"entry_id": "" if expect_state == QUEUED else entry_id}
+        if run_attempt is not None:
+            expected["attempt"] = str(run_attempt)
         try:
             applied = await asyncio.shield(
                 self._store.transition(
@@ -473,6 +544,7 @@ class JobProcessor:
                     detail=detail,
                     attempt=attempt,
                     expect_state=expect_state,
+                    expect_fields=expected,
                     effects=effects or [],
                 )
             )

@@ -399,3 +399,12 @@ async def _uncancellable(coro: Coroutine[Any, Any, _T]) -> _T:
             log.error("sandbox.cleanup_failed", error=repr(task.exception()))
         raise asyncio.CancelledError
     return task.result()
+
+
+async def sweep_job_processes(job_id: str) -> tuple[int, ...]:
+    """Kill every process left from an earlier run of `job_id` (an agent died mid-run).
+
+    A script runs in its own session, so it outlives the agent that started it; before the
+    next attempt starts on this host, what is left of the previous one must go.
+    """
+    return await _sweep(job_id, pgid=None)

@@ -21,7 +21,7 @@ from statemachine.machine import FAILED, RETRY_WAIT, RUNNING
 BOOKKEEPING_FIELDS: Final = frozenset({"cancel_requested", "entry_id"})
 
 # Copied from the submit event's detail into the snapshot, for listing without reading events.
-_SUBMIT_FIELDS: Final = ("app_id", "target", "requested_by")
+_SUBMIT_FIELDS: Final = ("app_id", "target", "requested_by", "expires_at")
 
 
 def _as_text(value: object) -> str:

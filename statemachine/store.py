@@ -155,6 +155,7 @@ class EventStore:
         self._transition = client.register_script(_script("transition.lua"))
         self._request_cancel = client.register_script(_script("request_cancel.lua"))
         self._requeue = client.register_script(_script("requeue.lua"))
+        self._renew = client.register_script(_script("renew_leases.lua"))
 
     async def snapshot(self, job_id: str) -> dict[str, str] | None:
         """The job's current snapshot, or None when there is no such job."""
@@ -192,13 +193,16 @@ class EventStore:
         detail: Mapping[str, Any] | None = None,
         attempt: int | None = None,
         expect_state: str | None = None,
+        expect_fields: Mapping[str, str] | None = None,
         effects: Sequence[SideEffect] = (),
     ) -> Applied:
         """Fire `trigger` on the job as one atomic step.
 
         `expect_state` pins the source state the caller decided on; without it the current
-        state is used. `attempt` defaults to the snapshot's. Raises JobNotFound,
-        IllegalTransition, or TransitionConflict when another actor moved the job first.
+        state is used. `expect_fields` are snapshot fields that must still hold inside the
+        atomic step (e.g. the `entry_id` and `attempt` of the caller's own run). `attempt`
+        defaults to the snapshot's. Raises JobNotFound, IllegalTransition, or
+        TransitionConflict when another actor moved the job first.
         """
         snapshot = await self.snapshot(job_id)
         if snapshot is None:
@@ -213,6 +217,7 @@ class EventStore:
             detail=detail or {},
             attempt=int(snapshot.get("attempt", "0")) if attempt is None else attempt,
             effects=effects,
+            expect_fields=expect_fields,
         )
 
     async def _apply(
@@ -226,6 +231,7 @@ class EventStore:
         attempt: int,
         effects: Sequence[SideEffect],
         extra_fields: Mapping[str, str] | None = None,
+        expect_fields: Mapping[str, str] | None = None,
     ) -> Applied:
         src = snapshot.get("state", NO_STATE)
         dst = next_state(job_id, src, trigger)
@@ -253,6 +259,7 @@ class EventStore:
                 json.dumps(_flatten(event.stream_fields())),
                 json.dumps(_flatten(changes)),
                 json.dumps(ops),
+                json.dumps(_flatten(expect_fields or {})),
             ],
         )
         applied = Applied(event=event, snapshot={**snapshot, **changes}, events_stream_id="")
@@ -284,6 +291,15 @@ class EventStore:
             args=[job_id, str(now_ms)],
         )
         return int(result[0]), _text(result[1])
+
+    async def renew_leases(
+        self, stream: str, group: str, consumer: str, entry_ids: Sequence[str]
+    ) -> list[str]:
+        """Re-claim the entries `consumer` still owns; return the ones it lost to another."""
+        if not entry_ids:
+            return []
+        lost = await self._renew(keys=[stream], args=[group, consumer, *entry_ids])
+        return [_text(entry_id) for entry_id in lost]
 
     async def iter_job_events(
         self, job_id: str, *, batch: int = READ_BATCH

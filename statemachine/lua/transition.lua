@@ -9,12 +9,36 @@
 -- ARGV[5] side effects, JSON array of ops: ["xack", key_index, group, id],
 --         ["zadd", key_index, score, member], ["zrem", key_index, member],
 --         ["xadd", key_index, fields_array], ["hset", key_index, fields_array]
+-- ARGV[6] further snapshot fields that must hold, JSON array [name, value, ...]: bookkeeping
+--         that changes without an event (the entry carrying the job), so a stale actor
+--         (an agent that lost its lease) cannot record the outcome of another's run
 -- Returns {1, job_stream_id, events_stream_id, xadd ids...} or {0, actual_state, last_event_id}.
+
+local function conflict()
+  local state = redis.call('HGET', KEYS[1], 'state') or ''
+  return {0, state, redis.call('HGET', KEYS[1], 'last_event_id') or ''}
+end
 
 local state = redis.call('HGET', KEYS[1], 'state') or ''
 local last_hash = redis.call('HGET', KEYS[1], 'last_hash') or ''
 if state ~= ARGV[1] or last_hash ~= ARGV[2] then
-  return {0, state, redis.call('HGET', KEYS[1], 'last_event_id') or ''}
+  return conflict()
+end
+local expected = cjson.decode(ARGV[6])
+for i = 1, #expected, 2 do
+  if (redis.call('HGET', KEYS[1], expected[i]) or '') ~= expected[i + 1] then
+    return conflict()
+  end
+end
+
+-- Check every side effect before the first write: Redis does not roll back a script.
+local ops = cjson.decode(ARGV[5])
+local known = {xack = 5, zadd = 5, zrem = 4, xadd = 3, hset = 3}
+for _, op in ipairs(ops) do
+  local arity = known[op[1]]
+  if arity == nil or #op < arity - 1 or KEYS[op[2]] == nil then
+    return redis.error_reply('bad side effect ' .. tostring(op[1]))
+  end
 end
 
 local event = cjson.decode(ARGV[3])
@@ -23,7 +47,7 @@ local events_stream_id = redis.call('XADD', KEYS[3], '*', unpack(event))
 redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[4])))
 
 local result = {1, job_stream_id, events_stream_id}
-for _, op in ipairs(cjson.decode(ARGV[5])) do
+for _, op in ipairs(ops) do
   local kind, key = op[1], KEYS[op[2]]
   if kind == 'xack' then
     redis.call('XACK', key, op[3], op[4])
@@ -35,8 +59,6 @@ for _, op in ipairs(cjson.decode(ARGV[5])) do
     table.insert(result, redis.call('XADD', key, '*', unpack(op[3])))
   elseif kind == 'hset' then
     redis.call('HSET', key, unpack(op[3]))
-  else
-    return redis.error_reply('unknown side effect ' .. tostring(kind))
   end
 end
 return result

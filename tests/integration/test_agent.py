@@ -21,7 +21,7 @@ from core.keys import AGENTS_GROUP
 from core.settings import AgentSettings
 from core.signing import canonical_bytes, sign
 from statemachine.replay import replay_job, snapshot_drift
-from statemachine.store import AppendEntry, EventStore, IndexJob
+from statemachine.store import AppendEntry, EventStore, IndexJob, ScheduleRetry
 from tests.agent_support import (
     agent_environ,
     make_ring,
@@ -641,3 +641,84 @@ async def test_a_hanging_verify_fails_the_job_but_spares_the_service_the_install
         import signal
 
         os.kill(service_pid, signal.SIGKILL)
+
+
+async def test_an_agent_that_lost_its_lease_stops_its_run_and_records_nothing(
+    installers, effects, ring, store, settings, start_agent, redis_client, redis_keys
+):
+    write_app(installers, "long", recording(effects, "sleep 300"))
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "long")
+    await wait_for_state(store, job.job_id, "running")
+    await wait_until(effects.exists, message="the script started")
+    pid = int(effect_lines(effects)[0][2])
+    # Another agent reclaims the entry, as if we had been cut off past the lease.
+    stream = redis_keys.jobs_stream("local")
+    entry_id = (await store.snapshot(job.job_id))["entry_id"]
+    await redis_client.xclaim(stream, AGENTS_GROUP, "agent-other", 0, [entry_id])
+    await wait_until(lambda: not _alive(pid), timeout_s=15, message="the run was stopped")
+    await asyncio.sleep(1)  # give a wrong outcome write every chance to happen
+    snapshot = await store.snapshot(job.job_id)
+    assert snapshot["state"] == "running"  # left to the agent that owns the entry now
+    assert (await triggers(store, job.job_id))[-1] == "start"
+
+
+async def test_due_retries_of_a_target_without_agents_never_hide_ours(
+    installers, effects, ring, store, settings, start_agent, redis_keys
+):
+    for n in range(120):
+        job_id = f"01J{n:023d}"
+        await store.create_job(
+            job_id, actor="panel:x", detail={"app_id": "x", "target": "elsewhere"}
+        )
+        for trigger in ("verify", "validate", "start"):
+            await store.transition(job_id, trigger, actor="agent:x", attempt=1)
+        await store.transition(
+            job_id,
+            "retry",
+            actor="agent:x",
+            detail={"next_retry_at": 1},
+            effects=[ScheduleRetry(redis_keys.retry, n, job_id)],
+        )
+    write_app(
+        installers,
+        "flaky",
+        recording(effects, '[ "$PROV_ATTEMPT" -ge 2 ] || exit 2'),
+        retry=FAST_RETRY,
+    )
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "flaky")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert snapshot["state"] == "succeeded"
+
+
+async def test_a_job_no_agent_took_before_its_envelope_expired_fails_as_expired(
+    installers, effects, ring, store, settings, start_agent
+):
+    import time
+
+    write_app(installers, "late", recording(effects))
+    job = await submit(
+        store, ring, installers, "late", target="nobody", ttl_s=60, now_s=int(time.time()) - 120
+    )
+    await start_agent(settings)
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert (snapshot["state"], snapshot["reason"]) == ("failed", "expired")
+    assert not effects.exists()
+
+
+async def test_a_password_sent_unsealed_is_refused(
+    installers, effects, ring, store, settings, start_agent
+):
+    write_app(
+        installers,
+        "secretive",
+        recording(effects),
+        inputs=[{"name": "admin_password", "type": "password"}],
+    )
+    envelope = envelope_for(installers, "secretive", ring, inputs={"admin_password": "in-clear-1"})
+    job_id = await forge(store, ring, envelope)
+    await start_agent(settings)
+    snapshot = await wait_for_state(store, job_id, TERMINAL)
+    assert (snapshot["state"], snapshot["reason"]) == ("failed", "invalid_inputs")
+    assert not effects.exists()

@@ -127,12 +127,23 @@ async def test_an_agent_killed_mid_job_is_replaced_and_the_job_ends_exactly_once
     assert [e.trigger for e in events].count("succeed") == 1
     lost = [e for e in events if e.trigger == "retry"]
     assert [e.detail["reason"] for e in lost] == ["agent_lost"]
-    assert [line.split()[1] for line in runs_of(effects, job.job_id)] == ["1", "2"]
+    runs = runs_of(effects, job.job_id)
+    assert [line.split()[1] for line in runs] == ["1", "2"]
+    # The orphan of attempt 1 (its agent died, the script lived on) was killed before 2.
+    assert not _alive(int(runs[0].split()[2]))
     stream = redis_keys.jobs_stream("local")
     await wait_until(
         lambda: _no_pending(redis_client, stream), timeout_s=20, message="pending list drained"
     )
     _kill_leftovers(job.job_id)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def _no_pending(client, stream) -> bool:

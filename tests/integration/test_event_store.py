@@ -345,3 +345,17 @@ async def test_replay_reports_a_garbage_entry_in_the_job_stream(store, redis_cli
     await redis_client.xadd(store.keys.job_events("job1"), {"junk": "1"})
     replayed = await replay_job(store, RING, "job1")
     assert any("malformed event" in p.problem for p in replayed.problems)
+
+
+async def test_expected_bookkeeping_fields_must_still_hold_inside_the_atomic_step(store):
+    await _submit(store, "job1")
+    await store.transition(
+        "job1", "verify", actor="agent:a", effects=[SetJobFields({"entry_id": "5-0"})]
+    )
+    with pytest.raises(TransitionConflict):
+        await store.transition(
+            "job1", "validate", actor="agent:stale", expect_fields={"entry_id": "4-0"}
+        )
+    snapshot = await store.snapshot("job1")
+    assert snapshot is not None and snapshot["state"] == "verified"
+    await store.transition("job1", "validate", actor="agent:a", expect_fields={"entry_id": "5-0"})
