@@ -1,8 +1,8 @@
 """The key ring as a long-running process sees it: re-read when the key file changes.
 
 Keys rotate without downtime (DESIGN §3): `provision keys new` appends a key the panel starts
-signing with at once, so a long-running panel or agent must pick it up without a restart, or it would
-fail fresh jobs with `unknown_key`.
+signing with at once, so a long-running panel or agent must pick it up without a restart, or
+it would fail fresh jobs with `unknown_key`.
 """
 
 from __future__ import annotations
