@@ -42,10 +42,15 @@ INPUT_TYPES: Final = (
     "select",
     "multiselect",
 )
-# Names the agent sets, or that the shell and the dynamic loader read (DESIGN §2).
+# Names the agent sets, or that the shell and the dynamic loader read (DESIGN §2), plus the
+# bash variables that change how every script behaves (SHELLOPTS=xtrace would print every
+# command, secrets included; CDPATH and GLOBIGNORE change what paths and globs mean).
 RESERVED_NAMES: Final = frozenset(
-    {"PATH", "HOME", "LANG", "SHELL", "IFS", "ENV", "TERM", "TMPDIR", "PS4"}
-)
+    {
+        "PATH", "HOME", "LANG", "SHELL", "IFS", "ENV", "TERM", "TMPDIR", "PS4",
+        "SHELLOPTS", "CDPATH", "GLOBIGNORE", "POSIXLY_CORRECT", "HISTFILE", "PROMPT_COMMAND",
+    }
+)  # fmt: skip
 RESERVED_PREFIXES: Final = ("LC_", "LD_", "BASH", "PROV_", "PYTHON")
 MAX_MANIFEST_BYTES: Final = 256 * 1024
 DEFAULT_SCRIPT: Final = "install.sh"

@@ -512,3 +512,13 @@ def test_the_example_app_manifest_parses():
     assert manifest.category == "web"
     assert spec(manifest, "port").default == "8081"
     assert dict(spec(manifest, "banner_text").visible_if) == {"enable_banner": ("true",)}
+
+
+@pytest.mark.parametrize("name", ["shellopts", "cdpath", "globignore", "posixly_correct"])
+def test_input_names_that_change_how_bash_behaves_are_refused(name: str) -> None:
+    data = (
+        f"id: app\nname: App\nversion: '1'\ninputs:\n  - name: {name}\n    type: string\n"
+    ).encode()
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(data, folder_name="app")
+    assert name in str(caught.value)
