@@ -15,7 +15,7 @@ from core.cli_keys import resolve_keys_file
 from core.errors import KeyRingError, SettingsError
 from core.keyring import keyfile_mode_problem
 from core.keyring_file import KeyRingFile
-from core.logging_setup import configure_logging
+from core.logging_setup import configure_logging, log_colors_from, log_format_from
 from core.redis_conn import check_durability, connect
 from core.settings import AgentSettings
 
@@ -45,7 +45,10 @@ def redis_url_for(settings: AgentSettings) -> str:
 )
 def agent_command(log_level: str) -> None:
     """Take signed jobs from Redis and run their installers (runs as root)."""
-    configure_logging(level=log_level)
+    log_format = os.environ.get("PROV_LOG_FORMAT")
+    configure_logging(
+        level=log_level, json=log_format_from(log_format), colors=log_colors_from(log_format)
+    )
     try:
         settings = AgentSettings.from_env(os.environ)
     except SettingsError as error:

@@ -12,12 +12,30 @@ from typing import TextIO
 import structlog
 
 
+def log_format_from(value: str | None) -> bool | None:
+    """`PROV_LOG_FORMAT` (json | console | color) as configure_logging's `json`.
+
+    None (unset) picks JSON unless on a terminal.
+    """
+    return {"json": True, "console": False, "color": False}.get((value or "").strip().lower())
+
+
+def log_colors_from(value: str | None) -> bool | None:
+    """Whether `PROV_LOG_FORMAT` asks for colours (`color`); None picks by tty."""
+    return True if (value or "").strip().lower() == "color" else None
+
+
 def configure_logging(
-    *, level: str = "info", json: bool | None = None, stream: TextIO | None = None
+    *,
+    level: str = "info",
+    json: bool | None = None,
+    colors: bool | None = None,
+    stream: TextIO | None = None,
 ) -> None:
-    """Configure structlog for this process; `json=None` picks JSON unless on a terminal."""
+    """Configure structlog for this process; None picks JSON and colours by tty."""
     out = stream if stream is not None else sys.stderr
     use_json = (not out.isatty()) if json is None else json
+    use_colors = out.isatty() if colors is None else colors
     renderer: structlog.typing.Processor
     if use_json:
         renderer = structlog.processors.JSONRenderer()
@@ -28,7 +46,9 @@ def configure_logging(
         ]
     else:
         # plain_traceback never prints local variables (rich's formatter would, by default).
-        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=use_colors, exception_formatter=structlog.dev.plain_traceback
+        )
         exception_processor = []
     structlog.configure(
         processors=[

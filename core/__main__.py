@@ -1,0 +1,5 @@
+"""`python -m core ...` runs the `provision` command (used to start child processes)."""
+
+from core.cli import main
+
+main()
