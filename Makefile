@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck pytest install clean
+.PHONY: test lint typecheck pytest install clean up
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+# Everything on this machine: Redis, the panel and an agent, until Ctrl-C.
+up: install
+	$(BIN)/provision up
 
 lint: install
 	$(BIN)/ruff check .

@@ -78,7 +78,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         message = error.text or error.reason
         if error.status == 413:
             message = "the request body is larger than the limit (1 MiB)"
-        return json_error(error.status, message or error.reason)
+        response = json_error(error.status, message or error.reason)
+        for name, value in error.headers.items():
+            # Keep what the status needs (Allow on a 405, Location on a redirect...).
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response
     except (RedisConnectionError, RedisTimeoutError, ConnectionError) as error:
         log.warning("panel.redis_unavailable", path=request.path, error=str(error))
         if is_api(request):

@@ -15,6 +15,8 @@ from statemachine.machine import STATES
 _STREAM_ID = {"type": "string", "pattern": r"^[0-9]+-[0-9]+$"}
 _JOB_ID = {"type": "string", "pattern": r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$"}
 _NULLABLE_INT = {"type": "integer", "nullable": True}
+# At most 16 digits: the API refuses longer numbers rather than doing date math on them.
+_EPOCH_MS = {"type": "integer", "minimum": 0, "maximum": 9_999_999_999_999_999}
 
 
 def _ref(name: str) -> dict[str, str]:
