@@ -115,7 +115,6 @@ def create_app(
         app,
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         autoescape=jinja2.select_autoescape(default=True),
-        context_processors=[pages.base_context],
     )
     app.router.add_routes(health.routes)
     app.router.add_routes(api.routes)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
-import aiohttp_jinja2
 import structlog
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from panel.page_context import render_page
 
 log = structlog.get_logger("panel")
 
@@ -56,11 +57,8 @@ def is_api(request: web.Request) -> bool:
 
 def render_error_page(request: web.Request, status: int, title: str, message: str) -> web.Response:
     """The HTML error page (template `error.html`: status, title, message)."""
-    return aiohttp_jinja2.render_template(
-        "error.html",
-        request,
-        {"status": status, "title": title, "message": message},
-        status=status,
+    return render_page(
+        request, "error.html", {"status": status, "title": title, "message": message}, status=status
     )
 
 

@@ -27,11 +27,7 @@ from panel.app import create_app
 from panel.client import PanelError, SSEParser, token_of
 from tests.agent_support import agent_environ, make_ring, wait_until, write_app
 
-# aiohttp-jinja2's middleware stores its context under a str request key, which aiohttp 3.14
-# warns about on every request the panel answers; the warning is the library's, not ours.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:It is recommended to use web.RequestKey:aiohttp.web_exceptions.NotAppKeyWarning"
-)
+pytestmark = pytest.mark.redis
 
 SECRET = "s3cr3t-Zebra-42"
 JOB_ID_LENGTH = 26
