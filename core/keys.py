@@ -65,3 +65,31 @@ class RedisKeys:
     def dead(self) -> str:
         """Stream of entries that could not be parsed into a job, with the reason."""
         return f"{self.namespace}:dead"
+
+    # --- access control (not in DESIGN §4's table, which predates it) ----------------------
+
+    @property
+    def users(self) -> str:
+        """Set of user names."""
+        return f"{self.namespace}:users"
+
+    def user(self, name: str) -> str:
+        """Hash of one user: role, argon2 password hash, timestamps."""
+        return f"{self.namespace}:user:{name}"
+
+    @property
+    def tokens(self) -> str:
+        """Set of the hashes of every API token."""
+        return f"{self.namespace}:tokens"
+
+    def token(self, token_hash: str) -> str:
+        """Hash of one API token, keyed by the SHA-256 of the token (never the token)."""
+        return f"{self.namespace}:token:{token_hash}"
+
+    def session(self, session_hash: str) -> str:
+        """Hash of one browser session, keyed by the SHA-256 of its cookie value."""
+        return f"{self.namespace}:session:{session_hash}"
+
+    def rate(self, kind: str, subject: str, window: int) -> str:
+        """Counter of one rate limit window (e.g. failed logins of one account)."""
+        return f"{self.namespace}:rate:{kind}:{subject}:{window}"

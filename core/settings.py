@@ -150,6 +150,13 @@ class PanelSettings:
     host: str
     port: int
     target: str
+    session_idle_s: int
+    session_max_s: int
+    cookie_secure: bool
+    login_failures_per_account: int
+    login_failures_per_address: int
+    login_window_s: int
+    submissions_per_minute: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PanelSettings:
@@ -160,6 +167,21 @@ class PanelSettings:
             host=env.text("PROV_PANEL_HOST", "127.0.0.1"),
             port=env.integer("PROV_PANEL_PORT", 8080, minimum=1, maximum=65535),
             target=env.text("PROV_TARGET", "local"),
+            session_idle_s=env.integer("PROV_SESSION_IDLE_S", 1800, minimum=60, maximum=86400),
+            session_max_s=env.integer(
+                "PROV_SESSION_MAX_S", 12 * 3600, minimum=300, maximum=30 * 86400
+            ),
+            cookie_secure=env.choice("PROV_COOKIE_SECURE", "false", ("true", "false")) == "true",
+            login_failures_per_account=env.integer(
+                "PROV_LOGIN_FAILURES_PER_ACCOUNT", 5, minimum=1, maximum=1000
+            ),
+            login_failures_per_address=env.integer(
+                "PROV_LOGIN_FAILURES_PER_ADDRESS", 20, minimum=1, maximum=10000
+            ),
+            login_window_s=env.integer("PROV_LOGIN_WINDOW_S", 900, minimum=10, maximum=86400),
+            submissions_per_minute=env.integer(
+                "PROV_SUBMISSIONS_PER_MINUTE", 30, minimum=1, maximum=100000
+            ),
         )
 
 

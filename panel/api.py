@@ -13,10 +13,11 @@ from core.errors import FormError
 from core.manifest import InputSpec, Manifest
 from core.validation import MAX_VALUE_BYTES
 from panel import appkeys
-from panel.access import Role, current_user
+from panel.access import Role, User, current_user
 from panel.errors import API_HEADERS, json_error
 from panel.jobs import CannotCancel, JobFilters, is_job_id
 from panel.openapi import openapi_document
+from panel.ratelimit import Limit, Verdict
 from statemachine.machine import STATES
 
 routes = web.RouteTableDef()
@@ -155,6 +156,22 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+async def submission_verdict(request: web.Request, user: User) -> Verdict:
+    """Count one submission of `user`; not allowed past the per-minute limit."""
+    limit = Limit(request.app[appkeys.SETTINGS].submissions_per_minute, 60)
+    return await request.app[appkeys.LIMITER].hit(
+        "submit", user.name, limit, now_s=int(request.app[appkeys.CLOCK]())
+    )
+
+
+def too_many_submissions(verdict: Verdict) -> str:
+    """The message of a refused submission."""
+    return (
+        "too many submissions: the limit per user and minute is reached; "
+        f"try again in {verdict.retry_after_s} s"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class InstallRequest:
     """A parsed `POST /api/install` body."""
@@ -199,6 +216,11 @@ async def install(request: web.Request) -> web.Response:
         return json_error(404, "no such app")
     if not app.valid:
         return json_error(409, "this app's manifest is invalid: " + "; ".join(app.problems))
+    verdict = await submission_verdict(request, user)
+    if not verdict.allowed:
+        response = json_error(429, too_many_submissions(verdict), code="rate_limited")
+        response.headers["Retry-After"] = str(verdict.retry_after_s)
+        return response
     settings = request.app[appkeys.SETTINGS]
     try:
         job = await request.app[appkeys.JOBS].submit(

@@ -28,12 +28,19 @@ from core.keys import RedisKeys
 from core.redis_conn import check_durability
 from core.settings import PanelSettings
 from core.validation import MAX_REQUEST_BYTES
-from panel import api, appkeys, health, pages
+from panel import api, appkeys, health, login, pages
+from panel.access import make_access_middleware
 from panel.catalogue_cache import CatalogueCache
 from panel.errors import Handler, error_middleware
+from panel.headers import add_security_headers
+from panel.identity import authenticate, refuse
 from panel.jobs import JobService
 from panel.metrics import PanelMetrics
+from panel.ratelimit import RateLimiter
+from panel.sessions import SessionStore
 from panel.sse import stream_job
+from panel.tokens import TokenStore
+from panel.users import UserStore
 from statemachine.store import EventStore
 
 log = structlog.get_logger("panel")
@@ -86,13 +93,19 @@ def create_app(
     *,
     ring: KeyRing | RingSource | None = None,
     redis_url: str | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> web.Application:
-    """Build the panel; `ring` and `redis_url` override the settings (tests use them)."""
+    """Build the panel; `ring`, `redis_url` and `clock` override the defaults (for tests)."""
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware],
+        middlewares=[
+            metrics_middleware,
+            error_middleware,
+            make_access_middleware(authenticate, refuse),
+        ],
         client_max_size=MAX_REQUEST_BYTES,
     )
     app[appkeys.SETTINGS] = settings
+    app[appkeys.CLOCK] = clock
     app[appkeys.CATALOGUE] = CatalogueCache(settings.common.installers_dir)
     app[appkeys.METRICS] = PanelMetrics()
     app[appkeys.STREAMS] = weakref.WeakSet[EventSourceResponse]()
@@ -111,6 +124,7 @@ def create_app(
         app[appkeys.RING] = ring
     app.cleanup_ctx.append(_redis_context(redis_url or redis_url_of(settings)))
     app.on_shutdown.append(_close_streams)
+    app.on_response_prepare.append(add_security_headers)
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -120,6 +134,7 @@ def create_app(
     app.router.add_routes(api.routes)
     app.router.add_get("/api/jobs/{job_id}/stream", stream_job)
     app.router.add_routes(pages.routes)
+    app.router.add_routes(login.routes)
     app.router.add_static("/static", STATIC_DIR, name="static", append_version=True)
     return app
 
@@ -137,6 +152,13 @@ def _redis_context(url: str) -> Callable[[web.Application], AsyncIterator[None]]
         settings = app[appkeys.SETTINGS]
         store = EventStore(client, RedisKeys(settings.common.namespace), app[appkeys.RING])
         app[appkeys.REDIS] = client
+        keys = RedisKeys(settings.common.namespace)
+        app[appkeys.USERS] = UserStore(client, keys)
+        app[appkeys.TOKENS] = TokenStore(client, keys)
+        app[appkeys.SESSIONS] = SessionStore(
+            client, keys, idle_s=settings.session_idle_s, absolute_s=settings.session_max_s
+        )
+        app[appkeys.LIMITER] = RateLimiter(client, keys)
         app[appkeys.JOBS] = JobService(
             client, store, app[appkeys.RING], ttl_s=settings.common.job_ttl_s
         )

@@ -14,8 +14,18 @@ from core.settings import PanelSettings
 from panel.catalogue_cache import CatalogueCache
 from panel.jobs import JobService
 from panel.metrics import PanelMetrics
+from panel.ratelimit import RateLimiter
+from panel.sessions import SessionStore
+from panel.tokens import TokenStore
+from panel.users import UserStore
 
 SETTINGS = web.AppKey("settings", PanelSettings)
+USERS = web.AppKey("users", UserStore)
+TOKENS = web.AppKey("tokens", TokenStore)
+SESSIONS = web.AppKey("sessions", SessionStore)
+LIMITER = web.AppKey("limiter", RateLimiter)
+# Wall clock in epoch seconds; tests replace it to move time (session expiry, rate windows).
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 REDIS = web.AppKey("redis", aioredis.Redis)
 RingSource = Callable[[], KeyRing]
 RING: web.AppKey[RingSource] = web.AppKey("ring")

@@ -30,6 +30,7 @@ _CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_inputs",
+    429: "rate_limited",
     503: "unavailable",
 }
 

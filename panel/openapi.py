@@ -176,6 +176,16 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
+def _with_access_answers(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation may answer 401 (no or bad credentials) and 403 (role too low)."""
+    for operations in paths.values():
+        for operation in operations.values():
+            responses = operation["responses"]
+            responses.setdefault("401", _error_response("No valid token or session"))
+            responses.setdefault("403", _error_response("Your role may not do this"))
+    return paths
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.0 document of `/api/`."""
@@ -190,201 +200,232 @@ def openapi_document() -> dict[str, Any]:
                 "Errors are JSON: {error, message, errors?}."
             ),
         },
-        "paths": {
-            "/api/apps": {
-                "get": {
-                    "summary": "List the catalogue",
-                    "responses": {
-                        "200": _json_response(
-                            "Every app, valid or not",
-                            {
-                                "type": "object",
-                                "required": ["apps"],
-                                "properties": {
-                                    "apps": {"type": "array", "items": _ref("AppSummary")}
+        "security": [{"bearer": []}, {"session": []}],
+        "paths": _with_access_answers(
+            {
+                "/api/apps": {
+                    "get": {
+                        "summary": "List the catalogue",
+                        "responses": {
+                            "200": _json_response(
+                                "Every app, valid or not",
+                                {
+                                    "type": "object",
+                                    "required": ["apps"],
+                                    "properties": {
+                                        "apps": {"type": "array", "items": _ref("AppSummary")}
+                                    },
                                 },
-                            },
-                        )
-                    },
-                }
-            },
-            "/api/apps/{app_id}": {
-                "get": {
-                    "summary": "One app with its inputs",
-                    "parameters": [_APP_PARAM],
-                    "responses": {"200": _json_response("The app", _ref("App")), "404": not_found},
-                }
-            },
-            "/api/install": {
-                "post": {
-                    "summary": "Submit a job",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("InstallRequest")}},
-                    },
-                    "responses": {
-                        "201": _json_response(
-                            "Queued",
-                            {
-                                "type": "object",
-                                "required": ["job_id", "state"],
-                                "properties": {
-                                    "job_id": _JOB_ID,
-                                    "state": {"type": "string", "enum": ["queued"]},
-                                },
-                            },
-                        ),
-                        "400": _error_response("Malformed body"),
-                        "404": not_found,
-                        "409": _error_response("The app's manifest is invalid"),
-                        "413": _error_response("Body over 1 MiB"),
-                        "422": _error_response("Invalid inputs, with a message per field"),
-                        "503": _error_response("Redis unreachable; nothing was stored"),
-                    },
-                }
-            },
-            "/api/jobs": {
-                "get": {
-                    "summary": "List jobs, newest first",
-                    "parameters": [
-                        {"name": "app", "in": "query", "schema": {"type": "string"}},
-                        {
-                            "name": "state",
-                            "in": "query",
-                            "schema": {"type": "string", "enum": list(STATES)},
+                            )
                         },
-                        {"name": "target", "in": "query", "schema": {"type": "string"}},
-                        {"name": "user", "in": "query", "schema": {"type": "string"}},
-                        {
-                            "name": "since",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 0},
+                    }
+                },
+                "/api/apps/{app_id}": {
+                    "get": {
+                        "summary": "One app with its inputs",
+                        "parameters": [_APP_PARAM],
+                        "responses": {
+                            "200": _json_response("The app", _ref("App")),
+                            "404": not_found,
                         },
-                        {
-                            "name": "until",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 0},
+                    }
+                },
+                "/api/install": {
+                    "post": {
+                        "summary": "Submit a job",
+                        "requestBody": {
+                            "required": True,
+                            "content": {"application/json": {"schema": _ref("InstallRequest")}},
                         },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                        "responses": {
+                            "201": _json_response(
+                                "Queued",
+                                {
+                                    "type": "object",
+                                    "required": ["job_id", "state"],
+                                    "properties": {
+                                        "job_id": _JOB_ID,
+                                        "state": {"type": "string", "enum": ["queued"]},
+                                    },
+                                },
+                            ),
+                            "400": _error_response("Malformed body"),
+                            "404": not_found,
+                            "409": _error_response("The app's manifest is invalid"),
+                            "413": _error_response("Body over 1 MiB"),
+                            "422": _error_response("Invalid inputs, with a message per field"),
+                            "429": _error_response("Too many submissions; see Retry-After"),
+                            "503": _error_response("Redis unreachable; nothing was stored"),
                         },
-                    ],
-                    "responses": {
-                        "200": _json_response(
-                            "A page of jobs",
+                    }
+                },
+                "/api/jobs": {
+                    "get": {
+                        "summary": "List jobs, newest first",
+                        "parameters": [
+                            {"name": "app", "in": "query", "schema": {"type": "string"}},
                             {
-                                "type": "object",
-                                "required": ["jobs", "next_cursor"],
-                                "properties": {
-                                    "jobs": {"type": "array", "items": _ref("Job")},
-                                    "next_cursor": {"type": "string", "nullable": True},
+                                "name": "state",
+                                "in": "query",
+                                "schema": {"type": "string", "enum": list(STATES)},
+                            },
+                            {"name": "target", "in": "query", "schema": {"type": "string"}},
+                            {"name": "user", "in": "query", "schema": {"type": "string"}},
+                            {
+                                "name": "since",
+                                "in": "query",
+                                "schema": {"type": "integer", "minimum": 0},
+                            },
+                            {
+                                "name": "until",
+                                "in": "query",
+                                "schema": {"type": "integer", "minimum": 0},
+                            },
+                            {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                            {
+                                "name": "limit",
+                                "in": "query",
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                            },
+                        ],
+                        "responses": {
+                            "200": _json_response(
+                                "A page of jobs",
+                                {
+                                    "type": "object",
+                                    "required": ["jobs", "next_cursor"],
+                                    "properties": {
+                                        "jobs": {"type": "array", "items": _ref("Job")},
+                                        "next_cursor": {"type": "string", "nullable": True},
+                                    },
                                 },
-                            },
-                        ),
-                        "400": _error_response("A malformed filter"),
-                    },
-                }
-            },
-            "/api/jobs/{job_id}": {
-                "get": {
-                    "summary": "One job's current state",
-                    "parameters": [_JOB_PARAM],
-                    "responses": {"200": _json_response("The job", _ref("Job")), "404": not_found},
-                }
-            },
-            "/api/jobs/{job_id}/events": {
-                "get": {
-                    "summary": "Every event of a job, in order",
-                    "parameters": [_JOB_PARAM],
-                    "responses": {
-                        "200": _json_response(
-                            "The events",
-                            {
-                                "type": "object",
-                                "required": ["events"],
-                                "properties": {"events": {"type": "array", "items": _ref("Event")}},
-                            },
-                        ),
-                        "404": not_found,
-                    },
-                }
-            },
-            "/api/jobs/{job_id}/log": {
-                "get": {
-                    "summary": "A job's output lines (redacted)",
-                    "parameters": [
-                        _JOB_PARAM,
-                        {"name": "after", "in": "query", "schema": _STREAM_ID},
-                    ],
-                    "responses": {
-                        "200": _json_response(
-                            "The lines",
-                            {
-                                "type": "object",
-                                "required": ["lines"],
-                                "properties": {
-                                    "lines": {"type": "array", "items": _ref("LogLine")}
+                            ),
+                            "400": _error_response("A malformed filter"),
+                        },
+                    }
+                },
+                "/api/jobs/{job_id}": {
+                    "get": {
+                        "summary": "One job's current state",
+                        "parameters": [_JOB_PARAM],
+                        "responses": {
+                            "200": _json_response("The job", _ref("Job")),
+                            "404": not_found,
+                        },
+                    }
+                },
+                "/api/jobs/{job_id}/events": {
+                    "get": {
+                        "summary": "Every event of a job, in order",
+                        "parameters": [_JOB_PARAM],
+                        "responses": {
+                            "200": _json_response(
+                                "The events",
+                                {
+                                    "type": "object",
+                                    "required": ["events"],
+                                    "properties": {
+                                        "events": {"type": "array", "items": _ref("Event")}
+                                    },
                                 },
-                            },
-                        ),
-                        "400": _error_response("A malformed cursor"),
-                        "404": not_found,
-                    },
-                }
-            },
-            "/api/jobs/{job_id}/cancel": {
-                "post": {
-                    "summary": "Cancel a job",
-                    "parameters": [_JOB_PARAM],
-                    "responses": {
-                        "202": _json_response(
-                            "Cancellation asked; the state at that moment",
-                            {
-                                "type": "object",
-                                "required": ["job_id", "state"],
-                                "properties": {"job_id": _JOB_ID, "state": {"type": "string"}},
-                            },
-                        ),
-                        "404": not_found,
-                        "409": _error_response("The job already ended"),
-                    },
-                }
-            },
-            "/api/jobs/{job_id}/stream": {
-                "get": {
-                    "summary": "Server-Sent Events of a job's events and log lines",
-                    "description": (
-                        "Messages `event: event` (an Event) and `event: log` (a LogLine); "
-                        "ids are `<events cursor>/<log cursor>`; send Last-Event-ID to resume."
-                    ),
-                    "parameters": [_JOB_PARAM],
-                    "responses": {
-                        "200": {"description": "The stream", "content": {"text/event-stream": {}}},
-                        "404": not_found,
-                    },
-                }
-            },
-            "/api/agents": {
-                "get": {
-                    "summary": "Agents and their last heartbeats (admin)",
-                    "responses": {
-                        "200": _json_response(
-                            "The agents",
-                            {
-                                "type": "object",
-                                "required": ["agents"],
-                                "properties": {
-                                    "agents": {"type": "array", "items": {"type": "object"}}
+                            ),
+                            "404": not_found,
+                        },
+                    }
+                },
+                "/api/jobs/{job_id}/log": {
+                    "get": {
+                        "summary": "A job's output lines (redacted)",
+                        "parameters": [
+                            _JOB_PARAM,
+                            {"name": "after", "in": "query", "schema": _STREAM_ID},
+                        ],
+                        "responses": {
+                            "200": _json_response(
+                                "The lines",
+                                {
+                                    "type": "object",
+                                    "required": ["lines"],
+                                    "properties": {
+                                        "lines": {"type": "array", "items": _ref("LogLine")}
+                                    },
                                 },
-                            },
+                            ),
+                            "400": _error_response("A malformed cursor"),
+                            "404": not_found,
+                        },
+                    }
+                },
+                "/api/jobs/{job_id}/cancel": {
+                    "post": {
+                        "summary": "Cancel a job",
+                        "parameters": [_JOB_PARAM],
+                        "responses": {
+                            "202": _json_response(
+                                "Cancellation asked; the state at that moment",
+                                {
+                                    "type": "object",
+                                    "required": ["job_id", "state"],
+                                    "properties": {"job_id": _JOB_ID, "state": {"type": "string"}},
+                                },
+                            ),
+                            "404": not_found,
+                            "409": _error_response("The job already ended"),
+                        },
+                    }
+                },
+                "/api/jobs/{job_id}/stream": {
+                    "get": {
+                        "summary": "Server-Sent Events of a job's events and log lines",
+                        "description": (
+                            "Messages `event: event` (an Event) and `event: log` (a LogLine); "
+                            "ids are `<events cursor>/<log cursor>`; send Last-Event-ID to resume."
                         ),
-                        "403": _error_response("Not an admin"),
-                    },
-                }
+                        "parameters": [_JOB_PARAM],
+                        "responses": {
+                            "200": {
+                                "description": "The stream",
+                                "content": {"text/event-stream": {}},
+                            },
+                            "404": not_found,
+                        },
+                    }
+                },
+                "/api/agents": {
+                    "get": {
+                        "summary": "Agents and their last heartbeats (admin)",
+                        "responses": {
+                            "200": _json_response(
+                                "The agents",
+                                {
+                                    "type": "object",
+                                    "required": ["agents"],
+                                    "properties": {
+                                        "agents": {"type": "array", "items": {"type": "object"}}
+                                    },
+                                },
+                            ),
+                            "403": _error_response("Not an admin"),
+                        },
+                    }
+                },
+            }
+        ),
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token from `provision tokens create USER`.",
+                },
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "prov_session",
+                    "description": "The browser session from /login (state-changing "
+                    "requests also need the X-CSRF-Token header).",
+                },
             },
         },
-        "components": {"schemas": _SCHEMAS},
     }

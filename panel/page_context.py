@@ -13,7 +13,7 @@ from typing import Any, Final
 import aiohttp_jinja2
 from aiohttp import web
 
-from panel.access import Role, current_user
+from panel.access import Role, csrf_token, optional_user
 from panel.job_display import iso_time, state_label, utc_text
 
 PRODUCT: Final = "Provision"
@@ -38,17 +38,22 @@ class NavItem:
 
 def base_context(request: web.Request) -> dict[str, Any]:
     """Values every template sees (nothing here may touch Redis: the 503 page uses it)."""
-    user = current_user(request)
+    user = optional_user(request)
     section = _section(request.path)
-    nav = [
-        NavItem("/", "Catalogue", section == "/"),
-        NavItem("/jobs", "Jobs", section == "/jobs"),
-    ]
-    if user.may(Role.ADMIN):
+    nav = (
+        [
+            NavItem("/", "Catalogue", section == "/"),
+            NavItem("/jobs", "Jobs", section == "/jobs"),
+        ]
+        if user is not None
+        else []
+    )
+    if user is not None and user.may(Role.ADMIN):
         nav.append(NavItem("/agents", "Agents", section == "/agents"))
     return {
         "product": PRODUCT,
         "user": user,
+        "csrf_token": csrf_token(request),
         "nav": nav,
         "request_path": request.path,
         "iso_time": iso_time,

@@ -29,7 +29,7 @@ from core.manifest import Manifest
 from core.validation import validate_inputs
 from panel import appkeys
 from panel.access import Role, User, current_user
-from panel.api import app_summary
+from panel.api import app_summary, submission_verdict, too_many_submissions
 from panel.errors import render_error_page
 from panel.form_fields import (
     TARGET_FIELD,
@@ -60,6 +60,8 @@ ICON_HEADERS: Final = {
     "Cache-Control": "max-age=300",
 }
 STALE_AFTER_MS: Final = 15_000
+# Far more than any manifest has inputs; bounds the work a hostile form body can cause.
+MAX_FORM_FIELDS: Final = 1000
 JOBS_PER_PAGE: Final = 25
 LOG_READ_LIMIT: Final = 25_000
 TARGET_MESSAGE: Final = "must be a host name of lower-case letters, digits, '.', '_' and '-'"
@@ -244,7 +246,19 @@ async def install(request: web.Request) -> web.StreamResponse:
         return _not_found(request, "app")
     if not app.valid or app.manifest is None:
         return _render(request, "app_form.html", _form_context(request, app), status=409)
-    parsed = parse_install_form(app.manifest, await request.post())
+    form = await request.post()
+    if len(form) > MAX_FORM_FIELDS:
+        return render_error_page(
+            request, 400, "Too many fields", f"A form may send at most {MAX_FORM_FIELDS} fields."
+        )
+    verdict = await submission_verdict(request, user)
+    if not verdict.allowed:
+        response = render_error_page(
+            request, 429, "Slow down", too_many_submissions(verdict).capitalize() + "."
+        )
+        response.headers["Retry-After"] = str(verdict.retry_after_s)
+        return response
+    parsed = parse_install_form(app.manifest, form)
     target = parsed.target or request.app[appkeys.SETTINGS].target
     errors = dict(parsed.errors)
     if not is_valid_target(target):

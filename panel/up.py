@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import sys
 import time
@@ -27,8 +28,13 @@ import click
 from core.cli_keys import resolve_keys_file
 from core.errors import RedisLaunchError, SettingsError
 from core.keyring import append_new_key
+from core.keys import RedisKeys
+from core.redis_conn import connect
 from core.redis_launcher import RedisServer, start_redis
 from core.settings import PanelSettings
+from panel.access import Role
+from panel.tokens import TokenStore
+from panel.users import UserStore
 
 STOP_TIMEOUT_S: Final = 45.0
 RESTART_BACKOFF_S: Final = (1.0, 2.0, 5.0, 10.0)
@@ -178,6 +184,47 @@ def _prepare(settings: PanelSettings) -> tuple[Path, Path, str, RedisServer | No
     return data_dir, keys_file, server.url, server
 
 
+ADMIN_NAME: Final = "admin"
+ADMIN_TOKEN_FILE: Final = "admin.token"  # noqa: S105 - a file name, not a secret
+
+
+async def bootstrap_admin(
+    redis_url: str, namespace: str, data_dir: Path, environ: Mapping[str, str]
+) -> None:
+    """On an empty Redis, create `admin` (printing its one-time password once, unless
+    PROV_ADMIN_PASSWORD gives it); keep a valid admin API token in the data folder for the
+    client commands (mode 0600)."""
+    client = await connect(redis_url)
+    try:
+        keys = RedisKeys(namespace)
+        users = UserStore(client, keys)
+        tokens = TokenStore(client, keys)
+        if await users.count() == 0:
+            given = environ.get("PROV_ADMIN_PASSWORD", "")
+            password = given or secrets.token_urlsafe(18)
+            await users.add(ADMIN_NAME, Role.ADMIN, password)
+            if given:
+                _say("created user 'admin' with the password from PROV_ADMIN_PASSWORD")
+            else:
+                # Shown once, never stored in clear: the user should keep it or change it
+                # with `provision users passwd admin`.
+                _say(f"created user 'admin' with the one-time password:  {password}")
+                _say("log in with it now; it is not shown again")
+        token_file = data_dir / ADMIN_TOKEN_FILE
+        token = token_file.read_text().strip() if token_file.exists() else ""
+        now_ms = int(time.time() * 1000)
+        if not token or await tokens.authenticate(token, now_ms=now_ms) is None:
+            if await users.get(ADMIN_NAME) is None:
+                return  # admin was removed on purpose: no token for the CLI then
+            token, _info = await tokens.create(ADMIN_NAME, name="provision up (CLI)")
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(token + "\n")
+            os.chmod(token_file, 0o600)
+    finally:
+        await client.aclose()
+
+
 class _Signals:
     """The first Ctrl-C stops everything in order; a second one hurries the children."""
 
@@ -201,6 +248,12 @@ class _Signals:
 async def run_up(settings: PanelSettings, environ: Mapping[str, str]) -> int:
     """Start everything, wait for Ctrl-C, stop everything; the exit code."""
     data_dir, keys_file, redis_url, server = _prepare(settings)
+    try:
+        await bootstrap_admin(redis_url, settings.common.namespace, data_dir, environ)
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
     env = child_environment(environ, redis_url=redis_url, keys_file=keys_file, data_dir=data_dir)
     command = [sys.executable, "-m", "core"]
     agent = Child("agent", [*command, "agent"], env)

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.agent_support import wait_until, write_app
+from tests.auth_support import bearer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -65,6 +66,10 @@ class Up:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def headers(self) -> dict[str, str]:
+        """The admin token `provision up` leaves for the client commands."""
+        return bearer((self.data_dir / "admin.token").read_text().strip())
 
 
 async def _ready(up: Up) -> bool:
@@ -146,7 +151,7 @@ async def wait_job(session, up: Up, job_id: str, states: set[str], timeout_s: fl
 
 
 async def test_a_job_submitted_through_the_api_runs_to_succeeded(up):
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=up.headers()) as session:
         status, body = await api(
             session,
             "POST",
@@ -172,7 +177,7 @@ async def test_a_job_submitted_through_the_api_runs_to_succeeded(up):
 
 
 async def test_a_failing_app_ends_failed_with_its_reason(up):
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=up.headers()) as session:
         _, body = await api(
             session, "POST", f"{up.url}/api/install", json={"app_id": "broken-config"}
         )
@@ -181,7 +186,7 @@ async def test_a_failing_app_ends_failed_with_its_reason(up):
 
 
 async def test_a_flaky_app_waits_to_retry_then_succeeds(up):
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=up.headers()) as session:
         _, body = await api(session, "POST", f"{up.url}/api/install", json={"app_id": "flaky"})
         waiting = await wait_job(session, up, body["job_id"], {"retry_wait"})
         assert waiting["next_retry_at"] > waiting["updated_at"]
@@ -209,7 +214,7 @@ async def read_sse(response: aiohttp.ClientResponse, count: int) -> list[dict]:
 
 
 async def test_the_live_stream_resumes_from_last_event_id_with_nothing_lost_or_repeated(up):
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=up.headers()) as session:
         _, body = await api(
             session,
             "POST",
@@ -237,12 +242,35 @@ async def test_the_live_stream_resumes_from_last_event_id_with_nothing_lost_or_r
 
 
 async def test_jobs_survive_a_restart_of_everything(up):
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=up.headers()) as session:
         _, body = await api(session, "POST", f"{up.url}/api/install", json={"app_id": "hello"})
         await wait_job(session, up, body["job_id"], TERMINAL)
     assert await asyncio.to_thread(up.stop) == 0
     up.start()
     await wait_until(lambda: _ready(up), timeout_s=60, message="provision up is back")
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=up.headers()) as session:
         status, job = await api(session, "GET", f"{up.url}/api/jobs/{body['job_id']}")
         assert (status, job["state"]) == (200, "succeeded")
+
+
+async def test_up_creates_the_admin_once_and_shows_the_one_time_password_once(up):
+    output = up.output()
+    assert output.count("one-time password") == 1
+    password = output.split("one-time password:", 1)[1].split()[0]
+    token = (up.data_dir / "admin.token").read_text().strip()
+    assert (up.data_dir / "admin.token").stat().st_mode & 0o777 == 0o600
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{up.url}/api/jobs") as anonymous:
+            assert anonymous.status == 401
+        async with session.post(
+            f"{up.url}/login",
+            data={"username": "admin", "password": password, "next": "/jobs"},
+            allow_redirects=False,
+        ) as login:
+            assert login.status == 303
+            assert login.headers["Location"] == "/jobs"
+    assert await asyncio.to_thread(up.stop) == 0
+    up.start()
+    await wait_until(lambda: _ready(up), timeout_s=60, message="provision up is back")
+    assert up.output().count("one-time password") == 1  # not created (nor shown) again
+    assert (up.data_dir / "admin.token").read_text().strip() == token  # still valid, kept

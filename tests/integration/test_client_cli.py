@@ -26,6 +26,10 @@ from core.settings import AgentSettings, ClientSettings, PanelSettings
 from panel.app import create_app
 from panel.client import PanelError, SSEParser, token_of
 from tests.agent_support import agent_environ, make_ring, wait_until, write_app
+from tests.auth_support import bearer, make_token
+
+# panel URL -> an admin token for it (the panel fixture makes one per test).
+TOKENS: dict[str, str] = {}
 
 pytestmark = pytest.mark.redis
 
@@ -154,8 +158,10 @@ async def panel_url(redis_url, namespace, installers, keys_file, ring) -> AsyncI
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}"
+    TOKENS[url] = await make_token(redis_url, namespace)
     try:
-        yield f"http://{host}:{port}"
+        yield url
     finally:
         await runner.cleanup()
 
@@ -190,9 +196,15 @@ async def start_agent(
 
 @pytest.fixture
 def cli_env(tmp_path: Path, panel_url: str) -> dict[str, str]:
-    """The CLI's environment: this panel, an empty data folder, no PROV_* from outside."""
+    """The CLI's environment: this panel, an admin token, no PROV_* from outside."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PROV_")}
-    env.update({"PROV_PANEL_URL": panel_url, "PROV_DATA_DIR": str(tmp_path / "data")})
+    env.update(
+        {
+            "PROV_PANEL_URL": panel_url,
+            "PROV_DATA_DIR": str(tmp_path / "data"),
+            "PROV_TOKEN": TOKENS[panel_url],
+        }
+    )
     return env
 
 
@@ -223,7 +235,11 @@ async def api_get(panel_url: str, path: str) -> dict:
     # The test's own reads go over HTTP too, as another user of the API would.
     import aiohttp
 
-    async with aiohttp.ClientSession() as session, session.get(panel_url + path) as response:
+    headers = bearer(TOKENS[panel_url])
+    async with (
+        aiohttp.ClientSession(headers=headers) as session,
+        session.get(panel_url + path) as response,
+    ):
         assert response.status == 200, await response.text()
         return await response.json()
 

@@ -22,6 +22,7 @@ from core.settings import PanelSettings
 from panel.app import create_app
 from panel.openapi import openapi_document
 from tests.agent_support import make_ring, write_app
+from tests.auth_support import bearer, make_token
 
 pytestmark = pytest.mark.redis
 
@@ -66,7 +67,9 @@ class LivePanel:
 
 
 @pytest.fixture(scope="module")
-def live_panel(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def live_panel(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
     root: Path = tmp_path_factory.mktemp("contract")
     installers = root / "installers"
     write_app(
@@ -85,11 +88,14 @@ def live_panel(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "PROV_NAMESPACE": "contract",
             "PROV_INSTALLERS_DIR": str(installers),
             "PROV_HMAC_KEYS_FILE": str(root / "hmac.keys"),
+            # Generated requests come fast; the submission limit is tested elsewhere.
+            "PROV_SUBMISSIONS_PER_MINUTE": "100000",
         }
     )
     panel = LivePanel(create_app(settings_, ring=ring), _free_port())
     panel.start()
-    yield panel.url
+    token = asyncio.run(make_token(redis_url, "contract"))
+    yield panel.url, token
     panel.stop()
 
 
@@ -100,6 +106,7 @@ def live_panel(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_every_answer_matches_the_openapi_document_and_none_is_a_server_error(
-    case: schemathesis.Case, live_panel: str
+    case: schemathesis.Case, live_panel: tuple[str, str]
 ) -> None:
-    case.call_and_validate(base_url=live_panel)
+    url, token = live_panel
+    case.call_and_validate(base_url=url, headers=bearer(token))

@@ -13,6 +13,7 @@ from core.redis_launcher import start_redis
 from core.settings import PanelSettings
 from panel.app import create_app
 from tests.agent_support import make_ring, write_app
+from tests.auth_support import bearer, make_token
 
 pytestmark = pytest.mark.redis
 
@@ -57,7 +58,8 @@ def settings_for(tmp_path: Path, installers: Path, redis_url: str, namespace: st
 async def client(tmp_path, installers, redis_url, namespace):
     ring = make_ring(tmp_path / "hmac.keys")
     app = create_app(settings_for(tmp_path, installers, redis_url, namespace), ring=ring)
-    async with TestClient(TestServer(app)) as test_client:
+    token = await make_token(redis_url, namespace)
+    async with TestClient(TestServer(app), headers=bearer(token)) as test_client:
         yield test_client
 
 
@@ -264,8 +266,9 @@ async def test_an_unreachable_redis_is_a_503_and_nothing_is_half_written(
     server = start_redis(tmp_path / "redis")
     ring = make_ring(tmp_path / "hmac.keys")
     app = create_app(settings_for(tmp_path, installers, server.url, namespace), ring=ring)
+    token = await make_token(server.url, namespace)
     try:
-        async with TestClient(TestServer(app)) as test_client:
+        async with TestClient(TestServer(app), headers=bearer(token)) as test_client:
             server.stop()
             response = await test_client.post("/api/install", json={"app_id": "hello"})
             assert response.status == 503

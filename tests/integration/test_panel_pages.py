@@ -28,6 +28,7 @@ from panel.app import create_app
 from panel.job_display import FAILURE_HELP
 from statemachine.store import EventStore, ScheduleRetry
 from tests.agent_support import make_ring, write_app
+from tests.auth_support import bearer, make_token
 
 pytestmark = pytest.mark.redis
 
@@ -190,7 +191,8 @@ async def panel(
     redis_url: str, namespace: str, installers: Path, tmp_path: Path, ring: KeyRing
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = create_app(settings_for(redis_url, namespace, installers, tmp_path), ring=ring)
-    async with TestClient(TestServer(app)) as client:
+    token = await make_token(redis_url, namespace)
+    async with TestClient(TestServer(app), headers=bearer(token)) as client:
         yield client
 
 
@@ -757,7 +759,8 @@ async def test_pages_answer_a_503_page_when_redis_is_down(installers, tmp_path, 
     missing = tmp_path / "no-redis.sock"
     settings = settings_for(f"unix://{missing}", namespace, installers, tmp_path)
     app = create_app(settings, ring=ring)
-    async with TestClient(TestServer(app)) as client:
+    # With credentials to check, the panel needs Redis (without any, it sends to /login).
+    async with TestClient(TestServer(app), headers=bearer("prov_some-token")) as client:
         for path in ("/jobs", "/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV", "/agents"):
             status, html = await page(client, path)
             assert status == 503, path

@@ -1,0 +1,150 @@
+"""API tokens: shown once at creation, stored only as a SHA-256 hash, carrying the user's role.
+
+A token is 32 random bytes (URL-safe base64) behind a `prov_` prefix, so a leaked one is
+easy to recognise in a log or a scanner. Redis keeps `prov:token:<sha256>`; whoever reads
+Redis learns nothing that authenticates. The role is the user's role at the time of use, so
+changing or removing a user takes effect on their tokens at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Final, cast
+
+import redis.asyncio as aioredis
+
+from core.keys import RedisKeys
+
+TOKEN_PREFIX: Final = "prov_"  # noqa: S105 - a marker that makes leaks recognisable
+TOKEN_ID_CHARS: Final = 12
+
+
+def token_hash(token: str) -> str:
+    """The hex SHA-256 under which a token is stored."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What is known about a token (never the token itself)."""
+
+    token_id: str
+    user: str
+    name: str
+    created_at: int
+    expires_at: int | None
+    last_used_at: int | None
+
+    def expired(self, now_ms: int) -> bool:
+        """Whether the token is past its expiry."""
+        return self.expires_at is not None and now_ms >= self.expires_at
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _info(hashed: str, raw: dict[bytes, bytes]) -> TokenInfo:
+    values = {_text(k): _text(v) for k, v in raw.items()}
+    return TokenInfo(
+        token_id=hashed[:TOKEN_ID_CHARS],
+        user=values.get("user", ""),
+        name=values.get("name", ""),
+        created_at=int(values.get("created_at", "0") or "0"),
+        expires_at=int(values["expires_at"]) if values.get("expires_at") else None,
+        last_used_at=int(values["last_used_at"]) if values.get("last_used_at") else None,
+    )
+
+
+class TokenStore:
+    """API tokens of one namespace."""
+
+    def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
+        self._client = client
+        self._keys = keys
+
+    async def create(
+        self, user: str, *, name: str = "", expires_at_ms: int | None = None
+    ) -> tuple[str, TokenInfo]:
+        """A new token for `user`: the token (show it once) and its description."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        hashed = token_hash(token)
+        now = int(time.time() * 1000)
+        expires = "" if expires_at_ms is None else str(expires_at_ms)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self._keys.token(hashed),
+                mapping={
+                    "user": user,
+                    "name": name[:100],
+                    "created_at": str(now),
+                    "expires_at": expires,
+                },
+            )
+            pipe.sadd(self._keys.tokens, hashed)
+            await pipe.execute()
+        info = TokenInfo(
+            token_id=hashed[:TOKEN_ID_CHARS],
+            user=user,
+            name=name[:100],
+            created_at=now,
+            expires_at=expires_at_ms,
+            last_used_at=None,
+        )
+        return token, info
+
+    async def authenticate(self, token: str, *, now_ms: int) -> TokenInfo | None:
+        """The token's description if it exists and has not expired."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        hashed = token_hash(token)
+        raw = cast(dict[bytes, bytes], await self._client.hgetall(self._keys.token(hashed)))
+        if not raw:
+            return None
+        # The lookup was by hash already; comparing again in constant time costs nothing
+        # and keeps the check independent of how Redis matched the key.
+        if not hmac.compare_digest(hashed, token_hash(token)):
+            return None
+        info = _info(hashed, raw)
+        if info.expired(now_ms):
+            return None
+        last_used = info.last_used_at or 0
+        if now_ms - last_used > 60_000:  # record use, at most once a minute per token
+            await self._client.hset(self._keys.token(hashed), "last_used_at", str(now_ms))
+        return info
+
+    async def all(self, user: str | None = None) -> list[TokenInfo]:
+        """Every token (of `user`, when given), oldest first."""
+        hashes = sorted(_text(h) for h in await self._client.smembers(self._keys.tokens))
+        found: list[TokenInfo] = []
+        for hashed in hashes:
+            raw = cast(dict[bytes, bytes], await self._client.hgetall(self._keys.token(hashed)))
+            if raw:
+                info = _info(hashed, raw)
+                if user is None or info.user == user:
+                    found.append(info)
+        return sorted(found, key=lambda info: info.created_at)
+
+    async def revoke(self, token_id: str) -> int:
+        """Delete the tokens whose id is `token_id` (a prefix of the hash); how many went."""
+        if len(token_id) < 8 or not all(c in "0123456789abcdef" for c in token_id):
+            return 0
+        revoked = 0
+        for raw in await self._client.smembers(self._keys.tokens):
+            hashed = _text(raw)
+            if hashed.startswith(token_id):
+                await self._client.delete(self._keys.token(hashed))
+                await self._client.srem(self._keys.tokens, hashed)
+                revoked += 1
+        return revoked
+
+    async def revoke_user(self, user: str) -> int:
+        """Delete every token of `user` (their account is gone)."""
+        revoked = 0
+        for info in await self.all(user):
+            revoked += await self.revoke(info.token_id)
+        return revoked
