@@ -54,12 +54,12 @@ def panel_command(host: str | None, port: int | None, log_level: str) -> None:
         raise click.ClickException(str(error)) from None
     listen_host = host or settings.host
     listen_port = port or settings.port
-    if not is_loopback(listen_host):
-        # Until users, sessions and tokens exist, anyone who reaches the panel can start
-        # root installers: it must not be reachable from another machine.
-        raise click.ClickException(
-            f"refusing to listen on {listen_host}: the panel has no access control yet, "
-            "so it only listens on a loopback address (127.0.0.1 or ::1)"
+    if not is_loopback(listen_host) and not settings.cookie_secure:
+        # Passwords, session cookies and tokens would cross the network in clear.
+        log.warning(
+            "panel.plain_http_on_network",
+            host=listen_host,
+            advice="serve it behind a TLS reverse proxy and set PROV_COOKIE_SECURE=true",
         )
     try:
         app = create_app(settings)
