@@ -37,8 +37,8 @@ async def authenticate(request: web.Request) -> Identity | None:
     if session is None:
         return None
     stored = await app[appkeys.USERS].get(session.user)
-    if stored is None:
-        return None
+    if stored is None or session.created_at < stored.password_changed_at:
+        return None  # the user is gone, or changed their password after this login
     return Identity(
         user=User(stored.name, stored.role),
         via_token=False,

@@ -49,6 +49,9 @@ class StoredUser:
     name: str
     role: Role
     created_at: int
+    # Sessions opened before this instant (epoch ms) are no longer valid: a password change
+    # logs every browser of the user out.
+    password_changed_at: int = 0
 
 
 def _text(value: bytes | str) -> str:
@@ -89,7 +92,13 @@ class UserStore:
         check_password_rules(password)
         if not await self._client.exists(self._keys.user(name)):
             raise UserError(f"no user {name!r}")
-        await self._client.hset(self._keys.user(name), "password_hash", self._hasher.hash(password))
+        await self._client.hset(
+            self._keys.user(name),
+            mapping={
+                "password_hash": self._hasher.hash(password),
+                "password_changed_at": str(int(time.time() * 1000)),
+            },
+        )
 
     async def set_role(self, name: str, role: Role) -> None:
         """Change a user's role."""
@@ -114,7 +123,12 @@ class UserStore:
             role = Role(_text(raw[b"role"]))
         except ValueError:
             return None
-        return StoredUser(name=name, role=role, created_at=int(raw.get(b"created_at", b"0")))
+        return StoredUser(
+            name=name,
+            role=role,
+            created_at=int(raw.get(b"created_at", b"0")),
+            password_changed_at=int(raw.get(b"password_changed_at", b"0")),
+        )
 
     async def all(self) -> list[StoredUser]:
         """Every user, by name."""
