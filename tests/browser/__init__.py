@@ -1,0 +1,1 @@
+"""Real-browser tests: `provision up` driven by chromium through Playwright."""
