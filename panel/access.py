@@ -165,6 +165,11 @@ async def submitted_csrf_token(request: web.Request) -> str:
     return ""
 
 
+def is_machine_route(path: str) -> bool:
+    """Routes read by programs (the API, Prometheus): refused with 401, never sent to /login."""
+    return path.startswith("/api/") or path == "/metrics"
+
+
 def login_redirect(request: web.Request) -> web.HTTPSeeOther:
     """Where an anonymous browser is sent: the login page, coming back here after."""
     return web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
@@ -202,14 +207,16 @@ def make_access_middleware(
         if needed is None:
             return await handler(request)
         if identity is None:
-            if request.method in ("GET", "HEAD") and not request.path.startswith("/api/"):
+            if request.method in ("GET", "HEAD") and not is_machine_route(request.path):
                 raise login_redirect(request)
             return refuse(request, 401, "log in first (or send an API token)")
         if not identity.user.may(needed):
             return refuse(request, 403, f"your role ({identity.user.role}) may not do this")
         if state_changing and cookie_borne:
             sent = await submitted_csrf_token(request)
-            if not sent or not hmac.compare_digest(sent, identity.csrf_token):
+            if not sent or not hmac.compare_digest(
+                sent.encode("utf-8", "replace"), identity.csrf_token.encode()
+            ):
                 return refuse(request, 403, "missing or wrong CSRF token; reload the page")
         return await handler(request)
 

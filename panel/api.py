@@ -23,6 +23,7 @@ from statemachine.machine import STATES
 routes = web.RouteTableDef()
 
 MAX_JSON_DEPTH: Final = 32
+MAX_EPOCH_MS: Final = 9_999_999_999_999_999  # as the OpenAPI document says
 _INSTALL_FIELDS: Final = frozenset({"app_id", "inputs", "target"})
 
 
@@ -237,15 +238,18 @@ def _filters(request: web.Request) -> JobFilters:
     query = request.query
 
     def millis(name: str) -> int | None:
-        raw = query.get(name, "")
-        if not raw:
+        if name not in query:
             return None
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 16:
+        raw = query[name]
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 32:
             raise _Malformed(f"{name} must be epoch milliseconds")
-        return int(raw)
+        value = int(raw)
+        if value > MAX_EPOCH_MS:
+            raise _Malformed(f"{name} must be epoch milliseconds (at most {MAX_EPOCH_MS})")
+        return value
 
     state = query.get("state", "")
-    if state and state not in STATES:
+    if "state" in query and state not in STATES:
         raise _Malformed(f"state must be one of {', '.join(STATES)}")
     return JobFilters(
         app_id=query.get("app", "")[:64],
@@ -306,7 +310,7 @@ async def get_log(request: web.Request) -> web.Response:
     if job_id is None or await jobs.get(job_id) is None:
         return json_error(404, "no such job")
     after = request.query.get("after", "")
-    if after and not _is_stream_id(after):
+    if "after" in request.query and not _is_stream_id(after):
         return json_error(400, "after must be a log line id such as 1700000000000-0")
     lines = await jobs.log(job_id, after=after)
     return _json({"lines": [line.as_dict() for line in lines]})

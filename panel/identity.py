@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from panel import appkeys
-from panel.access import Identity, User
+from panel.access import Identity, User, is_machine_route
 from panel.errors import json_error, render_error_page
 from panel.sessions import COOKIE_NAME
 
@@ -49,7 +49,7 @@ async def authenticate(request: web.Request) -> Identity | None:
 
 def refuse(request: web.Request, status: int, message: str) -> web.StreamResponse:
     """A refusal in the request's language: JSON for the API, a page for browsers."""
-    if request.path.startswith("/api/") or request.path == "/metrics":
+    if is_machine_route(request.path):
         response = json_error(status, message)
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="provision"'

@@ -11,6 +11,7 @@ login is never promoted.
 from __future__ import annotations
 
 from typing import Final
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -26,8 +27,22 @@ WRONG: Final = "Wrong user name or password."
 
 
 def safe_next(value: str | None) -> str:
-    """Only a path on this site: never `//host` or `https://...` (no open redirect)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\\\" in value:
+    """Only a path on this site: never `//host`, `https://...`, nor a whitespace trick.
+
+    Browsers and HTTP libraries drop tabs and newlines from a Location, so a slash, a tab and
+    `/evil` would become `//evil`: anything but printable ASCII without backslashes is
+    refused.
+    """
+    if (
+        not value
+        or not value.startswith("/")
+        or value.startswith("//")
+        or len(value) > 2000
+        or any(not ("!" <= char <= "~") or char == "\\" for char in value)
+    ):
+        return "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
         return "/"
     return value
 
@@ -64,37 +79,44 @@ async def login(request: web.Request) -> web.StreamResponse:
     password = str(form.get("password", ""))
     next_path = safe_next(str(form.get("next", "")))
     app = request.app
-    now_s = int(app[appkeys.CLOCK]())
+    now = app[appkeys.CLOCK]()
+    now_s = int(now)
     limiter = app[appkeys.LIMITER]
     per_account, per_address = _limits(request)
     address = request.remote or "unknown"
-    for kind, subject, limit in (
+    # Count the attempt before checking it (one atomic INCR each), so parallel guesses can
+    # never get past the limit while earlier ones are still being verified.
+    attempts = (
         ("login-account", username, per_account),
         ("login-address", address, per_address),
-    ):
-        verdict = await limiter.blocked(kind, subject, limit, now_s=now_s)
-        if not verdict.allowed:
-            response = _page(
-                request,
-                429,
-                error=f"Too many failed attempts. Try again in {verdict.retry_after_s} s.",
-                username=username,
-                next=next_path,
-            )
-            response.headers["Retry-After"] = str(verdict.retry_after_s)
-            return response
+    )
+    verdicts = [
+        await limiter.hit(kind, subject, limit, now_s=now_s) for kind, subject, limit in attempts
+    ]
+    refused = [verdict for verdict in verdicts if not verdict.allowed]
+    if refused:
+        retry_after = max(verdict.retry_after_s for verdict in refused)
+        response = _page(
+            request,
+            429,
+            error=f"Too many failed attempts. Try again in {retry_after} s.",
+            username=username,
+            next=next_path,
+        )
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     user = await app[appkeys.USERS].authenticate(username, password)
     if user is None:
-        await limiter.hit("login-account", username, per_account, now_s=now_s)
-        await limiter.hit("login-address", address, per_address, now_s=now_s)
         return _page(request, 401, error=WRONG, username=username, next=next_path)
+    # A success is not a failure: take it off both counts.
     await limiter.clear("login-account", username, per_account, now_s=now_s)
+    await limiter.undo("login-address", address, per_address, now_s=now_s)
     sessions = app[appkeys.SESSIONS]
     old = request.cookies.get(COOKIE_NAME)
     if old:
         await sessions.delete(old)
-    session = await sessions.create(user.name, now_ms=now_s * 1000)
-    response = web.HTTPSeeOther(next_path)
+    session = await sessions.create(user.name, now_ms=int(now * 1000))
+    response = web.Response(status=303, headers={"Location": next_path})
     response.set_cookie(
         COOKIE_NAME,
         session.session_id,
@@ -113,6 +135,6 @@ async def logout(request: web.Request) -> web.StreamResponse:
     identity = request.get(IDENTITY)
     if identity is not None and identity.session_id:
         await request.app[appkeys.SESSIONS].delete(identity.session_id)
-    response = web.HTTPSeeOther("/login")
+    response = web.Response(status=303, headers={"Location": "/login"})
     response.del_cookie(COOKIE_NAME, path="/")
     return response

@@ -274,12 +274,12 @@ def openapi_document() -> dict[str, Any]:
                             {
                                 "name": "since",
                                 "in": "query",
-                                "schema": {"type": "integer", "minimum": 0},
+                                "schema": _EPOCH_MS,
                             },
                             {
                                 "name": "until",
                                 "in": "query",
-                                "schema": {"type": "integer", "minimum": 0},
+                                "schema": _EPOCH_MS,
                             },
                             {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                             {

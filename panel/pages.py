@@ -61,7 +61,7 @@ ICON_HEADERS: Final = {
 }
 STALE_AFTER_MS: Final = 15_000
 # Far more than any manifest has inputs; bounds the work a hostile form body can cause.
-MAX_FORM_FIELDS: Final = 1000
+MAX_FORM_FIELDS: Final = 500
 JOBS_PER_PAGE: Final = 25
 LOG_READ_LIMIT: Final = 25_000
 TARGET_MESSAGE: Final = "must be a host name of lower-case letters, digits, '.', '_' and '-'"

@@ -60,6 +60,11 @@ class RateLimiter:
         allowed = count is None or int(count) < limit.count
         return Verdict(allowed=allowed, retry_after_s=retry_after)
 
+    async def undo(self, kind: str, subject: str, limit: Limit, *, now_s: int) -> None:
+        """Take back one counted event (it turned out not to be one that should count)."""
+        key, _ = self._key(kind, subject, limit, now_s)
+        await self._client.decr(key)
+
     async def clear(self, kind: str, subject: str, limit: Limit, *, now_s: int) -> None:
         """Forget the current window (a successful login clears the account's failures)."""
         key, _ = self._key(kind, subject, limit, now_s)

@@ -8,6 +8,7 @@ next successful login (`check_needs_rehash`).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass
@@ -147,7 +148,11 @@ class UserStore:
             raw = await self._client.hget(self._keys.user(name), "password_hash")
             stored_hash = _text(raw) if raw is not None else None
         try:
-            self._hasher.verify(stored_hash or self._dummy_hash, password[:MAX_PASSWORD_CHARS])
+            # argon2 is deliberately slow (tens of ms): off the event loop, so one login
+            # never stalls every other request of the panel.
+            await asyncio.to_thread(
+                self._hasher.verify, stored_hash or self._dummy_hash, password[:MAX_PASSWORD_CHARS]
+            )
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return None
         if stored_hash is None:
