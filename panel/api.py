@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -11,6 +10,7 @@ from aiohttp import web
 from core.catalogue import AppEntry
 from core.errors import FormError
 from core.manifest import InputSpec, Manifest
+from core.strict_json import StrictJSONError, strict_loads
 from core.validation import MAX_VALUE_BYTES
 from panel import appkeys
 from panel.access import Role, User, current_user
@@ -113,19 +113,6 @@ class _Malformed(Exception):
     pass
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _Malformed(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> object:
-    raise _Malformed(f"{name} is not valid JSON")
-
-
 def _depth(value: object, limit: int) -> int:
     stack: list[tuple[object, int]] = [(value, 1)]
     deepest = 0
@@ -144,11 +131,8 @@ def _depth(value: object, limit: int) -> int:
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     """Strict JSON: UTF-8, an object, no duplicate keys, no NaN, bounded depth."""
     try:
-        text = raw.decode("utf-8")
-        body = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        body = strict_loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, StrictJSONError) as error:
         raise _Malformed(f"the body is not valid JSON: {error}") from None
     if not isinstance(body, dict):
         raise _Malformed("the body must be a JSON object")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -21,6 +20,7 @@ from ulid import ULID
 from core.errors import TamperError, UnknownKey
 from core.keyring import KeyRing
 from core.signing import canonical_bytes
+from core.strict_json import StrictJSONError, strict_loads
 
 EVENT_VERSION: Final = 1
 
@@ -164,19 +164,6 @@ def integrity_problems(event: Event, ring: KeyRing) -> list[str]:
     return problems
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not allowed")
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -201,12 +188,8 @@ def event_from_fields(fields: Mapping[bytes | str, bytes | str], *, stream_id: s
             raise TamperError(job_id, event_id, f"malformed event: {name} is not an integer")
         integers[name] = int(raw)
     try:
-        detail = json.loads(
-            values["detail"],
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except ValueError as error:
+        detail = strict_loads(values["detail"])
+    except StrictJSONError as error:
         raise TamperError(job_id, event_id, f"malformed event detail: {error}") from None
     if not isinstance(detail, dict):
         raise TamperError(job_id, event_id, "malformed event: detail is not an object")

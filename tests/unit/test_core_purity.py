@@ -18,6 +18,8 @@ PURE_MODULES = [
     "retry",
     "keys",
     "errors",
+    "reasons",
+    "strict_json",
 ]
 FORBIDDEN = {"redis", "aiohttp", "subprocess", "socket", "asyncio"}
 
