@@ -201,14 +201,7 @@ class JobProcessor:
         snapshot: Mapping[str, str],
         deliveries: int,
     ) -> None:
-        if deliveries > self._settings.max_deliveries:
-            await self._finish(
-                job_id,
-                QUEUED,
-                Fail(Reason.POISON),
-                entry_id,
-                detail={"problem": f"delivered {deliveries} times without an outcome"},
-            )
+        if await self._ended_as_poison(job_id, QUEUED, entry_id, deliveries):
             return
         if snapshot.get("cancel_requested") == "1":
             await self._finish(job_id, QUEUED, Fail(Reason.CANCELLED), entry_id)
@@ -235,6 +228,21 @@ class JobProcessor:
         if applied is not None:
             await self._continue(job_id, entry_id, envelope, applied, deliveries)
 
+    async def _ended_as_poison(
+        self, job_id: str, state: str, entry_id: str, deliveries: int
+    ) -> bool:
+        """Fail the job as `poison` when its entry was delivered too often; True if so."""
+        if deliveries <= self._settings.max_deliveries:
+            return False
+        await self._finish(
+            job_id,
+            state,
+            Fail(Reason.POISON),
+            entry_id,
+            detail={"problem": f"delivered {deliveries} times without an outcome"},
+        )
+        return True
+
     def _check_envelope_matches(self, envelope: Envelope, snapshot: Mapping[str, str]) -> None:
         if envelope.app_id != snapshot.get("app_id") or envelope.target != snapshot.get("target"):
             raise MalformedEnvelope("envelope names another app or target than the job")
@@ -252,14 +260,7 @@ class JobProcessor:
         deliveries: int,
     ) -> None:
         state = snapshot.get("state", "")
-        if deliveries > self._settings.max_deliveries:
-            await self._finish(
-                job_id,
-                state,
-                Fail(Reason.POISON),
-                entry_id,
-                detail={"problem": f"delivered {deliveries} times without an outcome"},
-            )
+        if await self._ended_as_poison(job_id, state, entry_id, deliveries):
             return
         try:
             # The job left `queued` under this very entry, so its age no longer matters.
