@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from core import script_lint
 from core.catalogue import AppEntry, Catalogue
 from core.errors import SettingsError
 from core.settings import CommonSettings
@@ -30,11 +31,15 @@ def _installers_dir(override: Path | None) -> Path:
         raise click.ClickException(str(error)) from None
 
 
-def _load(override: Path | None) -> Catalogue:
+def _existing_dir(override: Path | None) -> Path:
     installers_dir = _installers_dir(override)
     if not installers_dir.is_dir():
         raise click.ClickException(f"installers folder {installers_dir} does not exist")
-    return Catalogue.load(installers_dir)
+    return installers_dir
+
+
+def _load(override: Path | None) -> Catalogue:
+    return Catalogue.load(_existing_dir(override))
 
 
 def _as_json(entry: AppEntry) -> dict[str, object]:
@@ -92,14 +97,39 @@ def list_apps(installers_dir: Path | None, as_json: bool) -> None:
 @apps.command("check")
 @_INSTALLERS_DIR_OPTION
 def check_apps(installers_dir: Path | None) -> None:
-    """Print every problem of every app; exit 1 if any app is invalid."""
-    catalogue = _load(installers_dir)
-    invalid = catalogue.invalid_apps
-    for entry in invalid:
-        click.echo(f"{entry.app_id}: invalid")
-        for problem in entry.problems or ("unknown problem",):
-            click.echo(f"  - {problem}")
-    if invalid:
-        click.echo(f"{len(invalid)} of {len(catalogue.apps)} apps invalid")
+    """Print every problem of every app and of the shared library; exit 1 if there is any.
+
+    Besides the manifest, each app's scripts are linted: shellcheck, no xtrace, every input
+    used and every variable read declared, and safe file modes (`core.script_lint`).
+    """
+    root = _existing_dir(installers_dir)
+    catalogue = Catalogue.load(root)
+    shellcheck = script_lint.find_shellcheck()
+    library_vars = script_lint.library_variables(root)
+    failing = 0
+    for entry in catalogue.apps:
+        problems = list(entry.problems)
+        if not entry.valid and not problems:
+            problems.append("unknown problem")
+        if entry.manifest is not None:
+            problems.extend(
+                script_lint.app_script_problems(
+                    entry.folder, entry.manifest, library_vars=library_vars, shellcheck=shellcheck
+                )
+            )
+        if problems:
+            failing += 1
+            click.echo(f"{entry.app_id}: {'invalid' if not entry.valid else 'fails the checks'}")
+            for problem in problems:
+                click.echo(f"  - {entry.app_id}: {problem}")
+    library = script_lint.library_problems(root, shellcheck=shellcheck)
+    if library:
+        click.echo(f"{script_lint.LIBRARY_DIR}: fails the checks")
+        for problem in library:
+            click.echo(f"  - {script_lint.LIBRARY_DIR}: {problem}")
+    if failing or library:
+        click.echo(f"{failing} of {len(catalogue.apps)} apps invalid")
+        if library:
+            click.echo(f"the shared library {script_lint.LIBRARY_DIR} has {len(library)} problems")
         raise SystemExit(1)
     click.echo(f"{len(catalogue.apps)} apps OK")
