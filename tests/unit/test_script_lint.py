@@ -363,15 +363,15 @@ def test_library_problems_lint_the_library_once_named_lib(tmp_path):
 
 def test_a_self_default_or_a_quoted_mention_does_not_provide_a_variable():
     script = (
-        'REMOVE_DATA="${REMOVE_DATA:-false}"\n'
-        'echo "$REMOVE_DATA" "$KEEP_LOGS"\n'
+        'PURGE_ALL="${PURGE_ALL:-false}"\n'
+        'echo "$PURGE_ALL" "$KEEP_LOGS"\n'
         'echo "(KEEP_LOGS=true keeps them)"\n'
     )
-    assert input_usage_problems(manifest(), {"uninstall.sh": script}) == [
-        "uninstall.sh reads $REMOVE_DATA (line 1), which no input declares",
-        "uninstall.sh reads $KEEP_LOGS (line 2), which no input declares",
+    assert input_usage_problems(manifest(), {"install.sh": script}) == [
+        "install.sh reads $PURGE_ALL (line 1), which no input declares",
+        "install.sh reads $KEEP_LOGS (line 2), which no input declares",
     ]
-    assert input_usage_problems(manifest("remove_data", "keep_logs"), {"u.sh": script}) == []
+    assert input_usage_problems(manifest("purge_all", "keep_logs"), {"u.sh": script}) == []
     assert "COUNT" in variables_set("COUNT=0\nCOUNT=$((COUNT + 1))\n")
 
 
