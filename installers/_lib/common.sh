@@ -5,7 +5,7 @@
 #
 #     #!/usr/bin/env bash
 #     # shellcheck source=../_lib/common.sh
-#     source "${BASH_SOURCE[0]%/*}/../_lib/common.sh"
+#     source "$(dirname -- "${BASH_SOURCE[0]}")/../_lib/common.sh" || exit 3
 #     prov_init
 #
 # Progress goes to stdout, warnings and errors to stderr. Never `set -x`: the agent streams
@@ -407,7 +407,10 @@ _prov_supervised_reload() {
 
 # 0 when the sysv script of NAME offers "reload" (a case label or its usage line).
 _prov_sysv_has_reload() {
-    grep -Eq '(^|[[:space:]|(])reload([[:space:]|)]|$)' "/etc/init.d/$1" 2>/dev/null
+    # A `reload)` (or `reload|force-reload)`) case label outside comments: a usage line in a
+    # comment does not make the action exist.
+    sed 's/#.*//' "/etc/init.d/$1" 2>/dev/null \
+        | grep -Eq '(^|[[:space:]|])reload([|][^)]*)?\)'
 }
 
 service_start() {

@@ -11,7 +11,7 @@
 # left alone otherwise. A config nginx rejects is rolled back, so the previous one keeps
 # serving.
 # shellcheck source=../_lib/common.sh
-source "${BASH_SOURCE[0]%/*}/../_lib/common.sh"
+source "$(dirname -- "${BASH_SOURCE[0]}")/../_lib/common.sh" || exit 3
 prov_init
 
 readonly SITE_AVAILABLE=/etc/nginx/sites-available/provision.conf

@@ -4,7 +4,7 @@
 # /var/www/provision-nginx is data: kept unless REMOVE_DATA=true.
 # Exit codes: 0 done (also when nothing was installed), 2 apt failed (try again).
 # shellcheck source=../_lib/common.sh
-source "${BASH_SOURCE[0]%/*}/../_lib/common.sh"
+source "$(dirname -- "${BASH_SOURCE[0]}")/../_lib/common.sh" || exit 3
 prov_init
 
 readonly SITE_AVAILABLE=/etc/nginx/sites-available/provision.conf

@@ -16,7 +16,7 @@
 # on stdin, and the checks connect with PGPASSWORD in psql's environment.
 #
 # shellcheck source=../_lib/common.sh
-source "${BASH_SOURCE[0]%/*}/../_lib/common.sh"
+source "$(dirname -- "${BASH_SOURCE[0]}")/../_lib/common.sh" || exit 3
 prov_init
 
 # --- validate (the agent validated already; this guards against a hand-run script) ---

@@ -16,7 +16,7 @@
 # the REDISCLI_AUTH environment variable.
 #
 # shellcheck source=../_lib/common.sh
-source "${BASH_SOURCE[0]%/*}/../_lib/common.sh"
+source "$(dirname -- "${BASH_SOURCE[0]}")/../_lib/common.sh" || exit 3
 prov_init
 
 # --- validate (the agent validated already; this guards against a hand-run script) ---

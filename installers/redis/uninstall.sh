@@ -6,7 +6,7 @@
 # Exit codes (DESIGN §6): 0 done (also when nothing was installed), 1 validation error.
 #
 # shellcheck source=../_lib/common.sh
-source "${BASH_SOURCE[0]%/*}/../_lib/common.sh"
+source "$(dirname -- "${BASH_SOURCE[0]}")/../_lib/common.sh" || exit 3
 prov_init
 
 require_env PORT
