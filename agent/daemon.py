@@ -43,6 +43,7 @@ StreamEntry = tuple[bytes, dict[bytes | str, bytes | str]]
 ReadReply = list[tuple[bytes, list[StreamEntry]]]
 
 REQUEUE_PAGE: Final = 100
+DUTY_STOP_S: Final = 5.0
 EXPIRY_PAGE: Final = 1000
 EXPIRY_SWEEP_S: Final = 30.0
 # Envelope lifetimes are at most 30 days (PROV_JOB_TTL_S); older jobs cannot still be queued.
@@ -71,6 +72,7 @@ class Agent:
         self._processor = JobProcessor(client, self._store, ring, settings)
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
+        self._duties_done = asyncio.Event()
         self._started_at = now_ms()
         self._lease_ms = int(settings.lease_s * 1000)
         self._apps: list[str] | None = None
@@ -109,9 +111,12 @@ class Agent:
             await self._consume()
             await self._drain()
         finally:
+            self._duties_done.set()
             for helper in helpers:
                 helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            _done, stuck = await asyncio.wait(helpers, timeout=DUTY_STOP_S)
+            if stuck:
+                log.warning("agent.duties_stuck", duties=[task.get_name() for task in stuck])
             await self._say_goodbye()
             log.info("agent.stopped")
 
@@ -275,14 +280,18 @@ class Agent:
     # --- periodic duties ----------------------------------------------------------------------
 
     async def _every(self, period_s: float, duty: Callable[[], Awaitable[None]]) -> None:
-        while True:
+        # The loop ends on an event, not only on cancellation: a cancel that lands inside a
+        # Redis call can be swallowed by the client, and a `while True` would then never
+        # end, leaving run() waiting for it forever.
+        while not self._duties_done.is_set():
             try:
                 await duty()
             except RedisError as error:
                 log.debug("agent.duty_failed", duty=duty.__name__, error=str(error))
             except Exception:
                 log.exception("agent.duty_crashed", duty=duty.__name__)
-            await asyncio.sleep(period_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._duties_done.wait(), period_s)
 
     async def _renew_leases(self) -> None:
         """Re-claim every entry we hold so no other agent takes a long install.

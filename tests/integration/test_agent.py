@@ -722,3 +722,18 @@ async def test_a_password_sent_unsealed_is_refused(
     snapshot = await wait_for_state(store, job_id, TERMINAL)
     assert (snapshot["state"], snapshot["reason"]) == ("failed", "invalid_inputs")
     assert not effects.exists()
+
+
+async def test_the_agent_stops_promptly_even_after_its_event_loop_was_blocked(
+    settings, start_agent
+):
+    import time
+
+    running = await start_agent(settings)
+    await asyncio.sleep(1)
+    # A blocked loop makes the periodic duties' Redis calls time out together; a cancel
+    # landing inside one used to be swallowed and left run() waiting forever.
+    time.sleep(5)  # noqa: ASYNC251 - blocking the loop is the point of this test
+    started = time.monotonic()
+    await running.stop()
+    assert time.monotonic() - started < 10
