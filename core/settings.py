@@ -111,6 +111,23 @@ class CommonSettings:
         )
 
 
+def redis_url_or_local(common: CommonSettings) -> str:
+    """PROV_REDIS_URL, else the socket `provision up` leaves in the data folder.
+
+    SettingsError when neither exists, saying how to point at a Redis.
+    """
+    if common.redis_url:
+        return common.redis_url
+    socket_path = (common.data_dir / "redis.sock").resolve()
+    if not socket_path.exists():
+        raise SettingsError(
+            "PROV_REDIS_URL",
+            f"not set, and no local Redis runs in {common.data_dir} "
+            "(set it, e.g. redis://127.0.0.1:6379/0)",
+        )
+    return f"unix://{socket_path}"
+
+
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
     """Settings of `provision agent` (DESIGN §8)."""
