@@ -4,8 +4,8 @@ Each message's id is `<events stream id>/<log stream id>`: the cursors of both s
 that message, so a client reconnecting with `Last-Event-ID` resumes both with nothing lost and
 nothing repeated (DESIGN §8). A fresh connection starts at the job's first event and first log
 line; an empty stream's cursor is `0-0`. The two streams are merged in the order of their ids
-(both come from one Redis clock), so a client that sees the terminal event has already seen
-every log line written before it. After the job ends and both streams are drained, the
+(both come from one Redis clock; within one millisecond, see `_order_key`), so a client that
+sees the terminal event has already seen every log line of the run. After the job ends and both streams are drained, the
 stream stays open with keep-alive pings until the client leaves; EventSource would otherwise
 reconnect forever.
 """
@@ -25,6 +25,8 @@ from statemachine.events import event_from_fields
 from statemachine.machine import TERMINAL_STATES
 
 BLOCK_MS: Final = 5000
+# States an event reaches when a run is over: its output was written before it.
+_AFTER_OUTPUT: Final = frozenset({"succeeded", "failed", "retry_wait"})
 BATCH: Final = 500
 EMPTY_CURSOR: Final = "0-0"
 
@@ -46,9 +48,21 @@ def _is_stream_id(value: str) -> bool:
     return bool(dash) and millis.isdigit() and seq.isdigit() and millis.isascii() and seq.isascii()
 
 
-def _id_key(stream_id: str) -> tuple[int, int]:
+def _order_key(stream_id: str, kind: str, fields: dict[Any, Any]) -> tuple[int, int, int]:
+    """Where a message goes in the merged order: by millisecond, then by what it is.
+
+    Ids of two streams written in the same millisecond do not say which came first (each
+    stream numbers its own entries), so ties follow what the agent does: a `start` event
+    comes before the output of its run, and a run's output before the event that ends it.
+    """
     millis, _, seq = stream_id.partition("-")
-    return int(millis), int(seq)
+    if kind == "log":
+        rank = 1
+    else:
+        dst = fields.get(b"dst", fields.get("dst", b""))
+        ends_a_run = (dst.decode() if isinstance(dst, bytes) else dst) in _AFTER_OUTPUT
+        rank = 2 if ends_a_run else 0
+    return int(millis), rank, int(seq)
 
 
 async def stream_job(request: web.Request) -> web.StreamResponse:
@@ -76,13 +90,13 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
                     block=None if finished else BLOCK_MS,
                 ),
             )
-            merged: list[tuple[tuple[int, int], str, str, dict[Any, Any]]] = []
+            merged: list[tuple[tuple[int, int, int], str, str, dict[Any, Any]]] = []
             for key, entries in reply or []:
                 kind = "event" if key.decode() == events_key else "log"
                 for raw_id, fields in entries:
                     text_id = raw_id.decode()
-                    merged.append((_id_key(text_id), kind, text_id, fields))
-            merged.sort(key=lambda item: (item[0], item[1]))
+                    merged.append((_order_key(text_id, kind, fields), kind, text_id, fields))
+            merged.sort(key=lambda item: item[0])
             for _key, kind, message_id, fields in merged:
                 if kind == "event":
                     event = event_from_fields(fields, stream_id=message_id)
