@@ -5,9 +5,9 @@ that message, so a client reconnecting with `Last-Event-ID` resumes both with no
 nothing repeated (DESIGN §8). A fresh connection starts at the job's first event and first log
 line; an empty stream's cursor is `0-0`. The two streams are merged in the order of their ids
 (both come from one Redis clock; within one millisecond, see `_order_key`), so a client that
-sees the terminal event has already seen every log line of the run. After the job ends and both streams are drained, the
-stream stays open with keep-alive pings until the client leaves; EventSource would otherwise
-reconnect forever.
+sees the terminal event has already seen every log line of the run. After the job ends and
+both streams are drained, the stream stays open with keep-alive pings until the client
+leaves; EventSource would otherwise reconnect forever.
 """
 
 from __future__ import annotations
