@@ -577,3 +577,46 @@ wait_for_http() {
         sleep 0.3
     done
 }
+
+# dpkg_remove_recorded ACTION LIST MAIN_PKG: remove (ACTION --remove) or purge (--purge) the
+# packages listed one per line in LIST (what the app's install added); exit 2 if MAIN_PKG
+# stays. (extension; not in CONTRACT.md) dpkg, not apt-get, so a dependency that other software
+# needs by now stays (dpkg refuses it); dpkg has no lock timeout, so a lock held by another
+# apt/dpkg run is waited for here (up to 2 minutes). Packages that stay remain recorded.
+dpkg_remove_recorded() {
+    local action="$1" list="$2" main_pkg="$3" output pkg left=()
+    local -a packages
+    mapfile -t packages <"$list"
+    log_step "Removing the packages this app installed: ${packages[*]}"
+    for _ in $(seq 1 60); do
+        if output="$(dpkg "$action" "${packages[@]}" 2>&1)"; then
+            break
+        fi
+        grep -qi 'lock' <<<"$output" || break
+        log_info "dpkg is locked by another package run; waiting"
+        sleep 2
+    done
+    [[ -z "${output:-}" ]] || printf '%s\n' "$output" | grep -v '^(Reading database' || true
+    for pkg in "${packages[@]}"; do
+        if [[ "$action" == --purge ]] && dpkg-query -W "$pkg" >/dev/null 2>&1 \
+            && [[ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null)" != "un " ]]; then
+            left+=("$pkg")
+        elif pkg_installed "$pkg"; then
+            left+=("$pkg")
+        fi
+    done
+    if ((${#left[@]} == 0)); then
+        # After a plain remove the list stays: a later REMOVE_DATA=true run purges the
+        # configuration files dpkg kept.
+        [[ "$action" == --remove ]] || rm -f -- "$list"
+        log_ok "removed ${packages[*]}"
+        return 0
+    fi
+    printf '%s\n' "${left[@]}" >"$list"
+    for pkg in "${left[@]}"; do
+        if [[ "$pkg" == "$main_pkg" ]]; then
+            die_retry "could not remove $main_pkg; run the uninstall again"
+        fi
+    done
+    log_warn "kept ${left[*]}: other software depends on them"
+}
