@@ -620,3 +620,9 @@ dpkg_remove_recorded() {
     done
     log_warn "kept ${left[*]}: other software depends on them"
 }
+
+# pkg_installed_list: the installed packages, sorted, one per line (compare before/after an
+# install to record what it added). (extension; not in CONTRACT.md)
+pkg_installed_list() {
+    dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" {print $2}' | sort
+}

@@ -58,23 +58,19 @@ case "$MODE" in
     *) die_validation "MODE must be proxy or static" ;;
 esac
 
-installed_packages() {
-    dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" {print $2}' | sort
-}
-
 # --- 1. install the package when missing ---
 log_step "Package $PKG"
 if pkg_installed "$PKG"; then
     log_ok "$PKG is already installed"
 else
-    before="$(installed_packages)"
+    before="$(pkg_installed_list)"
     user_existed=true
     getent passwd caddy >/dev/null || user_existed=false
     pkg_ensure "$PKG"
     # Remember what this app added (the package and its new dependencies), so that
     # uninstall.sh removes exactly that and nothing that was here before.
     install -d -m 0755 "$STATE_DIR"
-    comm -13 <(printf '%s\n' "$before") <(installed_packages) \
+    comm -13 <(printf '%s\n' "$before") <(pkg_installed_list) \
         | write_file "$STATE_DIR/installed-packages" 0644
     if [[ "$user_existed" == false ]] && getent passwd caddy >/dev/null; then
         printf '%s\n' caddy | write_file "$STATE_DIR/created-user" 0644
