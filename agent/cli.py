@@ -17,22 +17,9 @@ from core.keyring import keyfile_mode_problem
 from core.keyring_file import KeyRingFile
 from core.logging_setup import configure_logging, log_colors_from, log_format_from
 from core.redis_conn import check_durability, connect
-from core.settings import AgentSettings
+from core.settings import AgentSettings, redis_url_or_local
 
 log = structlog.get_logger("agent")
-
-
-def redis_url_for(settings: AgentSettings) -> str:
-    """PROV_REDIS_URL, else the socket `provision up` leaves in the data folder."""
-    if settings.common.redis_url:
-        return settings.common.redis_url
-    socket_path = (settings.common.data_dir / "redis.sock").resolve()
-    if not socket_path.exists():
-        raise click.ClickException(
-            "PROV_REDIS_URL is not set and no local Redis runs in "
-            f"{settings.common.data_dir}: set PROV_REDIS_URL (e.g. redis://127.0.0.1:6379/0)"
-        )
-    return f"unix://{socket_path}"
 
 
 @click.command("agent")
@@ -63,7 +50,11 @@ def agent_command(log_level: str) -> None:
         ) from None
     if (problem := keyfile_mode_problem(keys_file)) is not None:
         log.warning("keys.file_mode", path=str(keys_file), problem=problem)
-    asyncio.run(_serve(settings, ring, url=redis_url_for(settings)))
+    try:
+        url = redis_url_or_local(settings.common)
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+    asyncio.run(_serve(settings, ring, url=url))
 
 
 async def _serve(settings: AgentSettings, ring: KeyRingFile, *, url: str) -> None:

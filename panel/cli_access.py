@@ -40,7 +40,7 @@ import redis
 from core.errors import SettingsError
 from core.keys import RedisKeys
 from core.redis_conn import connect
-from core.settings import CommonSettings
+from core.settings import CommonSettings, redis_url_or_local
 from panel.access import Role
 from panel.tokens import TokenInfo, TokenStore
 from panel.users import (
@@ -99,20 +99,6 @@ def password_from_line(line: str) -> str:
     return line
 
 
-def redis_url_of(settings: CommonSettings) -> str:
-    """PROV_REDIS_URL, else the socket `provision up` leaves in the data folder."""
-    if settings.redis_url:
-        return settings.redis_url
-    socket_path = (settings.data_dir / "redis.sock").resolve()
-    if not socket_path.exists():
-        _die(
-            "PROV_REDIS_URL is not set and no local Redis runs in "
-            f"{settings.data_dir}: set PROV_REDIS_URL (e.g. redis://127.0.0.1:6379/0)",
-            EXIT_REDIS,
-        )
-    return f"unix://{socket_path}"
-
-
 def without_credentials(url: str) -> str:
     """`url` fit to print: any user name and password in it replaced by `***`."""
     parts = urlsplit(url)
@@ -169,7 +155,10 @@ def _run(work: Callable[[Stores], Coroutine[Any, Any, None]]) -> None:
         settings = CommonSettings.from_env(os.environ)
     except SettingsError as error:
         _die(str(error), EXIT_USAGE)
-    url = redis_url_of(settings)
+    try:
+        url = redis_url_or_local(settings)
+    except SettingsError as error:
+        _die(str(error), EXIT_REDIS)
     keys = RedisKeys(settings.namespace)
 
     async def main() -> None:
