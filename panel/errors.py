@@ -1,8 +1,9 @@
 """Error answers with one stable JSON shape (DESIGN §8), and the middleware that guarantees it.
 
 `{"error": "<code>", "message": "...", "errors": {field: message}?}`. API routes always get
-JSON; pages get an HTML error page. Redis being unreachable is a 503 (`unavailable`), never a
-500; any other unexpected error is logged and answered 500 without internals.
+JSON; pages get an HTML error page. Redis being unreachable, or out of memory and refusing
+writes (`maxmemory` reached under `noeviction`), is a 503 (`unavailable`), never a 500; any
+other unexpected error is logged and answered 500 without internals.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from panel.page_context import render_page
@@ -64,6 +66,12 @@ def render_error_page(request: web.Request, status: int, title: str, message: st
 
 
 REDIS_DOWN = "the job store (Redis) is unreachable; nothing was changed, try again shortly"
+# Redis refuses the first write of a command or script once maxmemory is reached, so the
+# refused step wrote nothing (a job is stored whole or not at all).
+REDIS_FULL = (
+    "the job store (Redis) is out of memory and refuses new writes; this request was not "
+    "carried out, try again once an administrator has freed memory or raised maxmemory"
+)
 
 
 @web.middleware
@@ -88,6 +96,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if is_api(request):
             return json_error(503, REDIS_DOWN)
         return render_error_page(request, 503, "The job store is unavailable", REDIS_DOWN)
+    except RedisOutOfMemoryError as error:
+        log.warning("panel.redis_out_of_memory", path=request.path, error=str(error))
+        if is_api(request):
+            return json_error(503, REDIS_FULL)
+        return render_error_page(request, 503, "The job store is full", REDIS_FULL)
     except Exception:
         log.exception("panel.crashed", path=request.path)
         if is_api(request):
