@@ -19,6 +19,16 @@ def is_valid_target(target: str) -> bool:
     return bool(TARGET_PATTERN.fullmatch(target)) and target not in _RESERVED_TARGETS
 
 
+# An integration's consumer group names its own keys (dead letters, redrive), so it must be
+# safe inside a key name: no ':' (which would let one group's keys alias another's), no spaces.
+INTEGRATION_GROUP_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def is_valid_integration_group(group: str) -> bool:
+    """True when `group` can name an integration's consumer group and its keys."""
+    return bool(INTEGRATION_GROUP_PATTERN.fullmatch(group))
+
+
 @dataclass(frozen=True, slots=True)
 class RedisKeys:
     """Key names for one namespace (default `prov`)."""
@@ -93,3 +103,19 @@ class RedisKeys:
     def rate(self, kind: str, subject: str, window: int) -> str:
         """Counter of one rate limit window (e.g. failed logins of one account)."""
         return f"{self.namespace}:rate:{kind}:{subject}:{window}"
+
+    # --- integrations (issue 7; not in DESIGN §4's table, which predates them) -------------
+
+    def integration_dead(self, group: str) -> str:
+        """Stream of the events an integration group gave up on (its dead letters)."""
+        return f"{self.namespace}:integrations:{_checked_group(group)}:dead"
+
+    def integration_redrive(self, group: str) -> str:
+        """Stream of dead letters sent back to an integration group's forwarder."""
+        return f"{self.namespace}:integrations:{_checked_group(group)}:redrive"
+
+
+def _checked_group(group: str) -> str:
+    if not is_valid_integration_group(group):
+        raise ValueError(f"invalid integration group name {group!r}")
+    return group
