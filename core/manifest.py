@@ -57,6 +57,10 @@ DEFAULT_SCRIPT: Final = "install.sh"
 DEFAULT_TIMEOUT_S: Final = 600
 MAX_TIMEOUT_S: Final = 86400
 MAX_RETRIES: Final = 20
+# No manifest needs more than a few levels of nesting. PyYAML's scanner re-checks every
+# open `[`/`{` level for each token (a few thousand `[` took seconds), and its composer
+# recurses once per level of any kind; both are cut off long before that costs anything.
+MAX_NESTING_DEPTH: Final = 50
 
 _TEXT_TYPES = frozenset({"string", "text", "password"})
 _NUMERIC_TYPES = frozenset({"integer", "number", "port"})
@@ -182,7 +186,24 @@ def app_fingerprint(manifest_bytes: bytes, script_bytes: bytes) -> str:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, merge keys, anchors and aliases."""
+    """SafeLoader that refuses duplicate keys, merge keys, anchors, aliases and deep nesting."""
+
+    def fetch_flow_collection_start(self, token_class: type[yaml.Token]) -> None:
+        """Scan `[` or `{`, refusing flow collections nested deeper than MAX_NESTING_DEPTH."""
+        if self.flow_level >= MAX_NESTING_DEPTH:
+            raise self._too_deep()
+        super().fetch_flow_collection_start(token_class)
+
+    def add_indent(self, column: int) -> bool:
+        """Open a block level (indentation), refusing more than MAX_NESTING_DEPTH of them."""
+        if len(self.indents) >= MAX_NESTING_DEPTH:
+            raise self._too_deep()
+        return super().add_indent(column)
+
+    def _too_deep(self) -> yaml.scanner.ScannerError:
+        return yaml.scanner.ScannerError(
+            None, None, f"nested deeper than {MAX_NESTING_DEPTH} levels", self.get_mark()
+        )
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         """Compose a node, refusing aliases."""
@@ -667,6 +688,10 @@ def _load_yaml(data: bytes, problems: list[str]) -> object:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         problems.append(f"not valid YAML: {error}")
+    except ValueError as error:
+        # A scalar the resolver typed but cannot build: an integer of more than 4300 digits
+        # (Python's int limit) or an impossible timestamp such as 2024-13-45.
+        problems.append(f"not valid YAML: a value cannot be read: {_short(str(error), 120)}")
     except RecursionError:
         problems.append("not valid YAML: nested too deeply")
     return None
