@@ -195,16 +195,20 @@ class EventStore:
         expect_state: str | None = None,
         expect_fields: Mapping[str, str] | None = None,
         effects: Sequence[SideEffect] = (),
+        known: Mapping[str, str] | None = None,
     ) -> Applied:
         """Fire `trigger` on the job as one atomic step.
 
         `expect_state` pins the source state the caller decided on; without it the current
         state is used. `expect_fields` are snapshot fields that must still hold inside the
         atomic step (e.g. the `entry_id` and `attempt` of the caller's own run). `attempt`
-        defaults to the snapshot's. Raises JobNotFound, IllegalTransition, or
+        defaults to the snapshot's. `known` is a snapshot the caller already holds (the one it
+        just read, or the one its previous transition returned): it saves the read, and costs
+        no safety, since the step itself checks state and last hash, so a stale one can only
+        end in TransitionConflict. Raises JobNotFound, IllegalTransition, or
         TransitionConflict when another actor moved the job first.
         """
-        snapshot = await self.snapshot(job_id)
+        snapshot = dict(known) if known is not None else await self.snapshot(job_id)
         if snapshot is None:
             raise JobNotFound(job_id)
         if expect_state is not None and snapshot.get("state", NO_STATE) != expect_state:
@@ -262,7 +266,13 @@ class EventStore:
                 json.dumps(_flatten(expect_fields or {})),
             ],
         )
-        applied = Applied(event=event, snapshot={**snapshot, **changes}, events_stream_id="")
+        # The fields side effects set belong to the new snapshot too, so a caller can hand it
+        # to its next transition as `known`.
+        written = [e.fields for e in effects if isinstance(e, SetJobFields)]
+        after = {**snapshot, **changes}
+        for fields in written:
+            after.update(fields)
+        applied = Applied(event=event, snapshot=after, events_stream_id="")
         if int(result[0]) != 1:
             actual_state, last_event_id = _text(result[1]), _text(result[2])
             if last_event_id == event.event_id:
