@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from typing import TYPE_CHECKING
 
 import click
 import redis.asyncio as aioredis
@@ -15,9 +16,13 @@ from core.cli_keys import resolve_keys_file
 from core.errors import KeyRingError, SettingsError
 from core.keyring import keyfile_mode_problem
 from core.keyring_file import KeyRingFile
+from core.keys import RedisKeys
 from core.logging_setup import configure_logging, log_colors_from, log_format_from
 from core.redis_conn import check_durability, connect
 from core.settings import AgentSettings, redis_url_or_local
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = structlog.get_logger("agent")
 
@@ -30,14 +35,24 @@ log = structlog.get_logger("agent")
     envvar="PROV_LOG_LEVEL",
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def agent_command(log_level: str) -> None:
+@click.option(
+    "--metrics-addr",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus /metrics here, without auth: keep it on loopback "
+    "(PROV_AGENT_METRICS_ADDR; default off).",
+)
+def agent_command(log_level: str, metrics_addr: str | None) -> None:
     """Take signed jobs from Redis and run their installers (runs as root)."""
     log_format = os.environ.get("PROV_LOG_FORMAT")
     configure_logging(
         level=log_level, json=log_format_from(log_format), colors=log_colors_from(log_format)
     )
+    environ = dict(os.environ)
+    if metrics_addr is not None:
+        environ["PROV_AGENT_METRICS_ADDR"] = metrics_addr
     try:
-        settings = AgentSettings.from_env(os.environ)
+        settings = AgentSettings.from_env(environ)
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
     keys_file, _default = resolve_keys_file(None, settings.common)
@@ -60,11 +75,24 @@ def agent_command(log_level: str) -> None:
 async def _serve(settings: AgentSettings, ring: KeyRingFile, *, url: str) -> None:
     # Imported here so `provision --help` and other commands never load the daemon.
     from agent.daemon import Agent  # noqa: PLC0415
+    from agent.metrics_server import start_metrics_server  # noqa: PLC0415
 
     client = await _connect_with_patience(url)
+    metrics_server: web.AppRunner | None = None
     try:
         await check_durability(client, log)
         agent = Agent(settings, client, ring.current)
+        if settings.metrics_addr is not None:
+            host, port = settings.metrics_addr
+            keys = RedisKeys(settings.common.namespace)
+            try:
+                metrics_server = await start_metrics_server(
+                    agent.metrics, client, keys, settings.target, host=host, port=port
+                )
+            except OSError as error:
+                raise click.ClickException(
+                    f"cannot serve metrics on {host}:{port}: {error}"
+                ) from None
         loop = asyncio.get_running_loop()
         signals_seen = 0
 
@@ -79,6 +107,8 @@ async def _serve(settings: AgentSettings, ring: KeyRingFile, *, url: str) -> Non
             loop.add_signal_handler(signum, on_signal, signum)
         await agent.run()
     finally:
+        if metrics_server is not None:
+            await metrics_server.cleanup()
         await client.aclose()
 
 

@@ -26,12 +26,14 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent.jobs import Fields, JobProcessor
+from agent.metrics import AgentMetrics
 from core import __version__
 from core.catalogue import Catalogue
 from core.errors import TransitionError
 from core.keyring import KeyRing
 from core.keys import AGENTS_GROUP, RedisKeys
 from core.reasons import Reason
+from core.retry import Fail
 from core.settings import AgentSettings
 from statemachine.machine import RETRY_WAIT
 from statemachine.store import EventStore, Unschedule, now_ms
@@ -60,16 +62,23 @@ class Agent:
     """Takes jobs for one target from Redis and runs them; `run()` until `stop()`."""
 
     def __init__(
-        self, settings: AgentSettings, client: aioredis.Redis, ring: Callable[[], KeyRing]
+        self,
+        settings: AgentSettings,
+        client: aioredis.Redis,
+        ring: Callable[[], KeyRing],
+        *,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         """`ring` returns the current key ring (it may be reloaded as keys rotate)."""
         self._settings = settings
+        self.metrics = metrics or AgentMetrics(agent_id=settings.agent_id, target=settings.target)
         self._client = client
         self._store = EventStore(client, RedisKeys(settings.common.namespace), ring)
         self._keys = self._store.keys
         self._stream = self._keys.jobs_stream(settings.target)
         self._consumer = settings.agent_id
-        self._processor = JobProcessor(client, self._store, ring, settings)
+        self._processor = JobProcessor(client, self._store, ring, settings, metrics=self.metrics)
+        self.metrics.count_running(lambda: len(self._processor.running))
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         self._duties_done = asyncio.Event()
@@ -348,7 +357,7 @@ class Agent:
 
     async def _cancel_waiting(self, job_id: str) -> None:
         try:
-            await self._store.transition(
+            applied = await self._store.transition(
                 job_id,
                 "cancel",
                 actor=f"agent:{self._consumer}",
@@ -358,11 +367,13 @@ class Agent:
             )
         except TransitionError as error:
             log.info("job.cancel_lost", job_id=job_id, error=str(error))
+            return
+        self.metrics.decided(applied.snapshot.get("app_id", ""), Fail(Reason.CANCELLED))
 
     async def _fail_unqueueable(self, job_id: str, why: str) -> None:
         """A due job whose entry is gone (the stream was trimmed) cannot go on: fail it."""
         try:
-            await self._store.transition(
+            applied = await self._store.transition(
                 job_id,
                 "fail",
                 actor=f"agent:{self._consumer}",
@@ -372,6 +383,8 @@ class Agent:
             )
         except TransitionError as error:
             log.info("job.fail_lost", job_id=job_id, error=str(error))
+            return
+        self.metrics.decided(applied.snapshot.get("app_id", ""), Fail(Reason.MALFORMED))
 
     async def _expire_queued(self) -> None:
         """Fail jobs still queued past their envelope's expiry (DESIGN §3), any target.
@@ -410,6 +423,7 @@ class Agent:
                     log.warning("job.expired_in_queue", job_id=_text(raw))
                 except TransitionError:
                     continue  # an agent took it meanwhile
+                self.metrics.decided("", Fail(Reason.EXPIRED))
             if len(ids) < EXPIRY_PAGE:
                 return
             offset += len(ids)
@@ -438,6 +452,7 @@ class Agent:
 
     async def _heartbeat(self) -> None:
         apps = self._app_ids()
+        self.metrics.set_apps(apps)
         beat: dict[str, Any] = {
             "agent_id": self._consumer,
             "host": socket.gethostname(),

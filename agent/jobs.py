@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from agent.applock import AppLocks
 from agent.checks import CheckedJob, check_job, check_whitelist, sandbox_environment
 from agent.joblog import JobLogWriter
+from agent.metrics import AgentMetrics
 from agent.redaction import Redactor
 from agent.sandbox import run_installer, sweep_job_processes
 from core.errors import EnvelopeError, JobRejected, MalformedEnvelope, TransitionError
@@ -115,6 +116,7 @@ class JobProcessor:
         settings: AgentSettings,
         *,
         clock_s: Callable[[], float] = time.time,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self._client = client
         self._store = store
@@ -125,6 +127,7 @@ class JobProcessor:
         self._stream = self._keys.jobs_stream(settings.target)
         self._actor = f"agent:{settings.agent_id}"
         self._app_locks = AppLocks()
+        self._metrics = metrics or AgentMetrics(agent_id=settings.agent_id, target=settings.target)
         self._home = _home_directory()
         self.running: dict[str, RunningJob] = {}
 
@@ -224,7 +227,6 @@ class JobProcessor:
             entry_id=entry_id,
             detail={"entry_id": entry_id, "kid": kid},
             effects=[SetJobFields({"entry_id": entry_id})],
-            known=snapshot,
         )
         if applied is not None:
             await self._continue(job_id, entry_id, envelope, applied, deliveries)
@@ -306,9 +308,7 @@ class JobProcessor:
             await self._finish(job_id, state, Fail(error.reason), entry_id, detail=detail)
             return
         if state == VERIFIED:
-            applied = await self._transition(
-                job_id, "validate", VERIFIED, entry_id=entry_id, known=snapshot
-            )
+            applied = await self._transition(job_id, "validate", VERIFIED, entry_id=entry_id)
             if applied is None:
                 return
             state = VALIDATED
@@ -380,10 +380,10 @@ class JobProcessor:
                 attempt=attempt,
                 detail={"entry_id": entry_id, "script": manifest.script},
                 effects=effects,
-                known=fresh,
             )
             if started is None:
                 return
+            self._metrics.started(manifest.id)
             with structlog.contextvars.bound_contextvars(attempt=attempt):
                 running = RunningJob(job_id, entry_id)
                 outcome, duration_s = await self._execute(running, checked, attempt)
@@ -391,6 +391,7 @@ class JobProcessor:
                     # Another agent owns the job now; whatever we would write is stale.
                     log.warning("job.outcome_dropped", reason="lease lost")
                     return
+                self._metrics.ran(manifest.id, duration_s)
                 decision = decide(manifest.retry, attempt, outcome, idempotent=manifest.idempotent)
                 detail = {**_outcome_detail(outcome), "duration_s": round(duration_s, 3)}
                 log.info(
@@ -400,13 +401,7 @@ class JobProcessor:
                     **detail,
                 )
                 await self._finish(
-                    job_id,
-                    RUNNING,
-                    decision,
-                    entry_id,
-                    detail=detail,
-                    attempt=attempt,
-                    known=started,
+                    job_id, RUNNING, decision, entry_id, detail=detail, attempt=attempt
                 )
 
     async def _execute(
@@ -487,19 +482,17 @@ class JobProcessor:
         *,
         detail: Mapping[str, Any] | None = None,
         attempt: int | None = None,
-        known: Mapping[str, str] | None = None,
     ) -> None:
         """Record a decision and acknowledge the entry in the same atomic step.
 
         `attempt`, for the outcome of a run, must still be the job's attempt when the step
-        happens: only the run that is current may decide the job. `known` is the snapshot
-        this agent's own last step left, if it has one (see `EventStore.transition`).
+        happens: only the run that is current may decide the job.
         """
         ack = AckEntry(self._stream, AGENTS_GROUP, entry_id)
         extra = dict(detail or {})
-        run: dict[str, Any] = {"run_attempt": attempt, "known": known}
+        run = {"run_attempt": attempt}
         if isinstance(decision, Succeed):
-            await self._transition(
+            applied = await self._transition(
                 job_id, "succeed", state, entry_id=entry_id, detail=extra, effects=[ack], **run
             )
         elif isinstance(decision, Retry):
@@ -507,7 +500,7 @@ class JobProcessor:
             extra.update(
                 reason=decision.reason, delay_s=decision.delay_s, next_retry_at=next_retry_at
             )
-            await self._transition(
+            applied = await self._transition(
                 job_id,
                 "retry",
                 state,
@@ -519,9 +512,11 @@ class JobProcessor:
         else:
             extra["reason"] = str(decision.reason)
             trigger = "cancel" if decision.reason == Reason.CANCELLED else "fail"
-            await self._transition(
+            applied = await self._transition(
                 job_id, trigger, state, entry_id=entry_id, detail=extra, effects=[ack], **run
             )
+        if applied is not None:  # counted once, by the actor whose step was recorded
+            self._metrics.decided(applied.get("app_id", ""), decision)
 
     async def _transition(
         self,
@@ -534,7 +529,6 @@ class JobProcessor:
         attempt: int | None = None,
         effects: list[SideEffect] | None = None,
         run_attempt: int | None = None,
-        known: Mapping[str, str] | None = None,
     ) -> dict[str, str] | None:
         """One shielded transition; None when another actor moved the job first.
 
@@ -560,7 +554,6 @@ class JobProcessor:
                     expect_state=expect_state,
                     expect_fields=expected,
                     effects=effects or [],
-                    known=known,
                 )
             )
         except TransitionError as error:
@@ -592,3 +585,4 @@ class JobProcessor:
             pipe.xadd(self._keys.dead, record)  # type: ignore[arg-type]
             pipe.xack(self._stream, AGENTS_GROUP, entry_id)
             await asyncio.shield(pipe.execute())
+        self._metrics.rejected(reason, job_ended=False)

@@ -69,6 +69,19 @@ class _Env:
         raw = self._environ.get(name, "").strip()
         return Path(raw).expanduser() if raw else default
 
+    def listen_address(self, name: str) -> tuple[str, int] | None:
+        """`host:port` (`[v6]:port` for IPv6) to listen on; unset, empty or `off` is None."""
+        raw = self.text(name, "off")
+        if raw == "off":
+            return None
+        host, colon, port = raw.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+        if not colon or not host or not (port.isascii() and port.isdigit()):
+            raise SettingsError(name, f"expected host:port or off, got {raw!r}")
+        if not 1 <= int(port) <= 65535:
+            raise SettingsError(name, f"port must be between 1 and 65535, got {port}")
+        return host, int(port)
+
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(name, default)
         if value not in choices:
@@ -136,6 +149,8 @@ class AgentSettings:
     agent_id: str
     target: str
     concurrency: int
+    # Where `/metrics` listens (no auth: keep it on loopback or behind a proxy); None is off.
+    metrics_addr: tuple[str, int] | None
     lease_s: float
     max_deliveries: int
     kill_grace_s: float
@@ -150,6 +165,7 @@ class AgentSettings:
             agent_id=env.text("PROV_AGENT_ID", f"{socket.gethostname()}-{os.getpid()}"),
             target=env.text("PROV_TARGET", "local"),
             concurrency=env.integer("PROV_AGENT_CONCURRENCY", 1, minimum=1, maximum=256),
+            metrics_addr=env.listen_address("PROV_AGENT_METRICS_ADDR"),
             lease_s=env.number("PROV_LEASE_S", 30.0, minimum=1.0, maximum=86400.0),
             max_deliveries=env.integer("PROV_MAX_DELIVERIES", 5, minimum=1, maximum=1000),
             kill_grace_s=env.number("PROV_KILL_GRACE_S", 10.0, minimum=0.0, maximum=3600.0),

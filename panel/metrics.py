@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from statemachine.stream_metrics import StreamCollector, StreamStats
+
 
 class PanelMetrics:
-    """Requests, submissions and jobs by state."""
+    """Requests, submissions, jobs by state, queue depths and integration lag."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -34,9 +36,12 @@ class PanelMetrics:
             ["state"],
             registry=self.registry,
         )
+        self.streams = StreamCollector()
+        self.registry.register(self.streams)
 
-    def render(self, states: dict[str, int]) -> bytes:
-        """The text exposition, with the job gauge refreshed from `states`."""
+    def render(self, states: dict[str, int], streams: StreamStats | None = None) -> bytes:
+        """The text exposition, with the job gauge and the stream gauges refreshed."""
         for state, count in states.items():
             self.jobs.labels(state=state).set(count)
+        self.streams.update(streams)
         return generate_latest(self.registry)
