@@ -227,6 +227,7 @@ class JobProcessor:
             entry_id=entry_id,
             detail={"entry_id": entry_id, "kid": kid},
             effects=[SetJobFields({"entry_id": entry_id})],
+            known=snapshot,
         )
         if applied is not None:
             await self._continue(job_id, entry_id, envelope, applied, deliveries)
@@ -308,7 +309,9 @@ class JobProcessor:
             await self._finish(job_id, state, Fail(error.reason), entry_id, detail=detail)
             return
         if state == VERIFIED:
-            applied = await self._transition(job_id, "validate", VERIFIED, entry_id=entry_id)
+            applied = await self._transition(
+                job_id, "validate", VERIFIED, entry_id=entry_id, known=snapshot
+            )
             if applied is None:
                 return
             state = VALIDATED
@@ -380,6 +383,7 @@ class JobProcessor:
                 attempt=attempt,
                 detail={"entry_id": entry_id, "script": manifest.script},
                 effects=effects,
+                known=fresh,
             )
             if started is None:
                 return
@@ -401,7 +405,13 @@ class JobProcessor:
                     **detail,
                 )
                 await self._finish(
-                    job_id, RUNNING, decision, entry_id, detail=detail, attempt=attempt
+                    job_id,
+                    RUNNING,
+                    decision,
+                    entry_id,
+                    detail=detail,
+                    attempt=attempt,
+                    known=started,
                 )
 
     async def _execute(
@@ -482,15 +492,17 @@ class JobProcessor:
         *,
         detail: Mapping[str, Any] | None = None,
         attempt: int | None = None,
+        known: Mapping[str, str] | None = None,
     ) -> None:
         """Record a decision and acknowledge the entry in the same atomic step.
 
         `attempt`, for the outcome of a run, must still be the job's attempt when the step
-        happens: only the run that is current may decide the job.
+        happens: only the run that is current may decide the job. `known` is the snapshot
+        this agent's own last step left, if it has one (see `EventStore.transition`).
         """
         ack = AckEntry(self._stream, AGENTS_GROUP, entry_id)
         extra = dict(detail or {})
-        run = {"run_attempt": attempt}
+        run: dict[str, Any] = {"run_attempt": attempt, "known": known}
         if isinstance(decision, Succeed):
             applied = await self._transition(
                 job_id, "succeed", state, entry_id=entry_id, detail=extra, effects=[ack], **run
@@ -529,6 +541,7 @@ class JobProcessor:
         attempt: int | None = None,
         effects: list[SideEffect] | None = None,
         run_attempt: int | None = None,
+        known: Mapping[str, str] | None = None,
     ) -> dict[str, str] | None:
         """One shielded transition; None when another actor moved the job first.
 
@@ -554,6 +567,7 @@ class JobProcessor:
                     expect_state=expect_state,
                     expect_fields=expected,
                     effects=effects or [],
+                    known=known,
                 )
             )
         except TransitionError as error:
