@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from core.keys import RedisKeys
+from core.redis_conn import connect
+from core.redis_launcher import find_redis_server, start_redis
 from statemachine.events import Event, event_from_fields
 from statemachine.store import EventStore
 from statemachine.webhook.signature import verify_signature
@@ -149,9 +152,9 @@ def environ(redis_url, namespace) -> dict[str, str]:
 def spawn(tmp_path, environ) -> Iterator[Callable[..., Forwarder]]:
     started: list[Forwarder] = []
 
-    def start(*args: str) -> Forwarder:
+    def start(*args: str, env: dict[str, str] | None = None) -> Forwarder:
         argv = provision_argv("integrations", "webhook", *args)
-        forwarder = Forwarder(argv, environ, tmp_path / "forwarder.log")
+        forwarder = Forwarder(argv, env or environ, tmp_path / "forwarder.log")
         started.append(forwarder)
         return forwarder
 
@@ -443,6 +446,51 @@ async def test_sigterm_during_a_post_lets_it_finish_and_acknowledges_it_then_exi
 async def _one_event(store: EventStore) -> list[Event]:
     await make_job(store, 1, "web", [])
     return await all_events(store)
+
+
+async def test_the_forwarder_waits_out_a_redis_restart_and_goes_on(
+    receiver, spawn, secret_file, tmp_path_factory, environ
+):
+    # A Redis of its own (the session's is shared), on a short path so its socket stays put.
+    data = tmp_path_factory.mktemp("wr")
+    binary = find_redis_server()
+    server = start_redis(data, binary=binary)
+    env = {**environ, "PROV_REDIS_URL": server.url}
+    try:
+        forwarder = spawn(
+            "--url", receiver.url, "--secret-file", str(secret_file), "--from", "start", env=env
+        )
+        await _write_jobs(server.url, env["PROV_NAMESPACE"], [1, 2])
+        await wait_until(lambda: len(receiver.delivered_keys()) == 2, message="2 deliveries")
+        server.stop()
+        await wait_until(
+            lambda: "webhook.redis_error" in forwarder.log_path.read_text(),
+            timeout_s=20,
+            message="the forwarder noticed Redis was gone",
+        )
+        assert forwarder.process.poll() is None
+        server = start_redis(data, binary=binary)
+        assert server.url == env["PROV_REDIS_URL"]
+        await _write_jobs(server.url, env["PROV_NAMESPACE"], [3, 4])
+        await wait_until(
+            lambda: len(receiver.delivered_keys()) == 4,
+            timeout_s=40,
+            message="deliveries after the restart",
+        )
+        forwarder.process.send_signal(signal.SIGTERM)
+        assert await forwarder.wait() == 0
+    finally:
+        server.stop()
+
+
+async def _write_jobs(url: str, namespace: str, numbers: list[int]) -> None:
+    client = await connect(url)
+    try:
+        store = EventStore(client, RedisKeys(namespace), ring_of("k1"))
+        for n in numbers:
+            await make_job(store, n, "web", [])
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.parametrize(
