@@ -308,6 +308,8 @@ class Agent:
         An entry another agent took meanwhile (we were cut off past the lease) is not
         taken back: its run here is stopped and its outcome will not be recorded.
         """
+        if self._settings.test_disable_lease_renewal:
+            return  # test switch (tests/chaos): let leases lapse to prove the checker fails
         held = list(self._in_flight)
         lost = await self._store.renew_leases(self._stream, AGENTS_GROUP, self._consumer, held)
         for entry_id in lost:
