@@ -342,7 +342,11 @@ async def test_permanent_and_exhausted_failures_go_to_the_dead_letters_and_redri
         lambda: _xlen_is(redis_client, dead_key, 8), timeout_s=30, message="8 dead letters"
     )
     events = await all_events(store)
-    assert receiver.delivered_keys() == {e.event_id for e in events if e.job_id in good}
+    await wait_until(
+        lambda: receiver.delivered_keys() == {e.event_id for e in events if e.job_id in good},
+        timeout_s=30,
+        message="the good jobs' events delivered",
+    )
 
     listed = run_cli(environ, "dead", "--json")
     assert listed.returncode == 0, listed.stderr
