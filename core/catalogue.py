@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import stat
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from core.errors import ManifestError
@@ -88,7 +89,7 @@ def load_app(folder: Path) -> AppEntry:
     manifest: Manifest | None = None
     if manifest_bytes is not None:
         try:
-            manifest = parse_manifest(manifest_bytes, folder_name=app_id)
+            manifest = _parse_manifest_cached(manifest_bytes, app_id)
         except ManifestError as error:
             problems.extend(error.problems)
 
@@ -111,6 +112,18 @@ def load_app(folder: Path) -> AppEntry:
         problems=tuple(problems),
         fingerprint=fingerprint,
     )
+
+
+@lru_cache(maxsize=256)
+def _parse_manifest_cached(manifest_bytes: bytes, app_id: str) -> Manifest:
+    """`parse_manifest`, remembered by the exact bytes (and folder name) it parsed.
+
+    The agent loads an app twice per job (checks, then again just before the run, in case the
+    files changed while it waited): the YAML parse was a tenth of its time. The result is a
+    pure function of these arguments and a frozen value, so a changed file is simply a
+    different key and is parsed afresh; an invalid manifest raises and is not remembered.
+    """
+    return parse_manifest(manifest_bytes, folder_name=app_id)
 
 
 def _folder_problems(folder: Path, manifest: Manifest) -> list[str]:
