@@ -14,12 +14,16 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from tests.property.timing import SLOWEST
 
+# No `explain` phase: it traces every line of a failing example, which would count in the
+# CPU time of the call and blur which input was slow.
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
 settings.register_profile(
     "ci",
+    phases=PHASES,
     max_examples=150,
     deadline=None,
     print_blob=True,
@@ -27,6 +31,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "full",
+    phases=PHASES,
     max_examples=5000,
     deadline=None,
     print_blob=True,

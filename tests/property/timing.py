@@ -28,3 +28,12 @@ def timed(name: str, sample: object, call: Callable[[], T]) -> T:
         if spent > SLOWEST.get(name, (0.0, ""))[0]:
             SLOWEST[name] = (spent, repr(sample)[:80])
         assert spent < LIMIT_S, f"{name} took {spent * 1000:.0f} ms of CPU on {repr(sample)[:300]}"
+
+
+def refusal(expected: type[Exception], call: Callable[[], object]) -> Exception | None:
+    """The `expected` error `call` raised, or None; any other exception propagates."""
+    try:
+        call()
+    except expected as error:
+        return error
+    return None
