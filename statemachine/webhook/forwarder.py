@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
@@ -45,6 +46,7 @@ log = structlog.get_logger("webhook")
 
 REDIS_RETRY_BASE_S: Final = 0.2
 REDIS_RETRY_MAX_S: Final = 10.0
+HEALTHY_READ_S: Final = 30.0
 # While stopping, a settle (ACK, burial) that keeps failing is given up after this many
 # tries: the entry stays pending and comes back at the next start (at least once).
 SETTLE_TRIES_WHEN_STOPPING: Final = 5
@@ -176,10 +178,14 @@ class Forwarder:
         """Run `read` again and again, pausing with backoff while Redis is unreachable."""
         delay = REDIS_RETRY_BASE_S
         while not self._stopping.is_set():
+            started = time.monotonic()
             try:
                 await read()
-                delay = REDIS_RETRY_BASE_S
             except (RedisError, OSError) as error:
+                # `read` runs until it fails: one that worked for a while was a fresh outage,
+                # which starts again from the shortest wait.
+                if time.monotonic() - started > HEALTHY_READ_S:
+                    delay = REDIS_RETRY_BASE_S
                 # Also NOGROUP (the group was deleted, or Redis lost its data): the next
                 # round creates the group again.
                 log.warning(
@@ -197,9 +203,6 @@ class Forwarder:
         if key in self._holding:
             return
         await self._held.acquire()
-        if key in self._holding:  # admitted by the other reader while we waited
-            self._held.release()
-            return
         self._holding.add(key)
         job_id = item.event.job_id
         self._lanes.setdefault(job_id, deque()).append(item)
