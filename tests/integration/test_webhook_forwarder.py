@@ -434,6 +434,27 @@ async def test_filters_forward_only_the_chosen_app_and_trigger(
     assert all("X-Provision-Signature" not in r.headers for r in receiver.requests)
 
 
+async def test_a_new_group_starts_from_now_by_default_and_skips_the_history(
+    receiver, spawn, store, redis_client, redis_keys
+):
+    await make_job(store, 1, "web", PATH)
+    spawn("--url", receiver.url, *FAST_RETRIES)
+    await wait_until(
+        lambda: _has_group(redis_client, redis_keys.events), message="the group was created"
+    )
+    await make_job(store, 2, "web", [])
+    events = await all_events(store)
+    await wait_until(lambda: receiver.requests, message="a delivery")
+    await wait_until(
+        lambda: group_drained(redis_client, redis_keys.events), message="the group caught up"
+    )
+    assert [r.key for r in receiver.requests] == [events[-1].event_id]
+
+
+async def _has_group(client, stream: str) -> bool:
+    return bool(await client.exists(stream)) and bool(await client.xinfo_groups(stream))
+
+
 async def test_sigterm_during_a_post_lets_it_finish_and_acknowledges_it_then_exits_0(
     receiver, spawn, store, secret_file, redis_client, redis_keys
 ):
