@@ -11,11 +11,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.metrics import AgentMetrics
+from agent.metrics_server import start_metrics_server
 from core.keyring import KeyRing
 from core.keys import AGENTS_GROUP
+from core.reasons import Reason
+from core.retry import Fail
 from core.settings import PanelSettings
 from panel.app import create_app
 from statemachine.consumer import EventConsumer
@@ -86,6 +91,9 @@ def agent(tmp_path, redis_url, namespace, installers) -> Iterator:
                 process.wait(timeout=10)
     for log in logs:
         log.close()
+    # Shown by pytest only when the test failed: what the agent said.
+    if (agent_log := tmp_path / "agent.log").exists():
+        print(agent_log.read_text(errors="replace")[-8000:])
 
 
 def free_port() -> int:
@@ -269,3 +277,27 @@ def test_an_agent_refuses_to_start_with_a_bad_metrics_address(
     )
     assert result.returncode != 0
     assert b"PROV_AGENT_METRICS_ADDR" in result.stderr
+
+
+async def test_the_agent_endpoint_still_answers_with_its_counters_when_redis_is_down(
+    redis_keys,
+):
+    metrics = AgentMetrics(agent_id="agent-x", target="local")
+    metrics.set_apps(["good"])
+    metrics.decided("good", Fail(Reason.INSTALL_ERROR))
+    # A real client aimed at a port where no Redis listens.
+    unreachable = aioredis.Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1.0
+    )
+    port = free_port()
+    runner = await start_metrics_server(
+        metrics, unreachable, redis_keys, "local", host="127.0.0.1", port=port
+    )
+    try:
+        samples = await scrape(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        await runner.cleanup()
+        await unreachable.aclose()
+    failed = {"app_id": "good", "outcome": "failed", "reason": "install_error"}
+    assert sample(samples, "provision_agent_jobs_total", **failed) == 1
+    assert not [name for name, _labels in samples if name.startswith("provision_queue_")]
