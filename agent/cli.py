@@ -76,7 +76,9 @@ async def _serve(settings: AgentSettings, ring: KeyRingFile, *, url: str) -> Non
     # Imported here so `provision --help` and other commands never load the daemon.
     from agent.daemon import Agent  # noqa: PLC0415
     from agent.metrics_server import start_metrics_server  # noqa: PLC0415
+    from agent.sandbox import reap_children_by_pidfd  # noqa: PLC0415
 
+    reap_children_by_pidfd()
     client = await _connect_with_patience(url)
     metrics_server: web.AppRunner | None = None
     try:
