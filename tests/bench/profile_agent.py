@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
-    raw = Path("/tmp") / "provision-agent-profile.txt"  # noqa: S108 - a report, not a secret
+    raw = Path("/tmp") / "provision-agent-profile.txt"
     asyncio.run(_profile(args.jobs, raw))
     summarise(raw, args.top)
 
