@@ -76,6 +76,11 @@ class RedisKeys:
         """Stream of entries that could not be parsed into a job, with the reason."""
         return f"{self.namespace}:dead"
 
+    @property
+    def audit_archives(self) -> str:
+        """Hash of archive id -> the signed record of one `provision audit archive` run."""
+        return f"{self.namespace}:audit:archives"
+
     # --- access control (not in DESIGN §4's table, which predates it) ----------------------
 
     @property

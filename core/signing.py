@@ -71,6 +71,17 @@ def _mac(secret: bytes, payload: bytes) -> str:
     return hmac.new(secret, payload, hashlib.sha256).hexdigest()
 
 
+def signature_problem(ring: KeyRing, kid: object, payload: bytes, sig: object) -> str | None:
+    """Why `sig` is not the HMAC of `payload` under key `kid` of the ring, or None if it is."""
+    if not isinstance(kid, str) or kid not in ring:
+        return f"signed with unknown key {kid!r}"
+    if not isinstance(sig, str) or not _SIG_PATTERN.fullmatch(sig):
+        return "malformed signature"
+    if not hmac.compare_digest(_mac(ring.secret(kid), payload), sig):
+        return "bad signature"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A job as the panel asked for it (DESIGN §3); sealed passwords stay sealed here."""

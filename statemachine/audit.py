@@ -1,32 +1,48 @@
 """Audit of the whole history: replay every job from its events and check what can be checked.
 
-For each job (listed by `prov:jobs:index`): the per-job stream replayed through the machine
-(illegal transitions, broken `prev` links, bad or unknown-key macs: `statemachine.replay`),
-the stored snapshot against the replayed one (drift), and the per-job stream against the
-global `prov:events` stream (the same events, in the same order: a missing or extra event in
-either is reported). Everything is read in large batches.
+The fast path reads the global stream `prov:events` once, in large batches, replaying every
+job as its events pass (`statemachine.history`): illegal transitions, broken `prev` links, bad
+or unknown-key macs. As jobs finish they are checked in batches of a few hundred, one round
+trip each: the stored snapshot against the replayed one (drift), and the job's own stream
+against its global entries (digests computed inside Redis by `lua/job_digests.lua`, so the
+per-job streams are not read in full).
+
+A job whose two streams disagree, that the global stream does not hold (or holds only from
+an archive's cut on), or that `--job` names, takes the slow path: its own stream is replayed
+and compared event by event with the global entries, so every problem names its event.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
 
 from core.errors import TamperError
 from core.keyring import KeyRing
-from statemachine.events import event_from_fields
+from statemachine.archive_record import ArchiveRecord, load_archive_records
+from statemachine.history import HistoryPass, PassedJob, entry_digest
 from statemachine.replay import ReplayedJob, replay_job, snapshot_drift
 from statemachine.store import EventStore
 
-BATCH: Final = 5000
+# Entries per XRANGE of the global stream, and jobs per snapshot/digest round trip: large
+# enough that round trips vanish next to the checking, small enough to keep replies modest.
+READ_BATCH: Final = 1000
+CHECK_BATCH: Final = 500
+
+# Snapshot fields that point to the archive holding an archived job's events.
+ARCHIVED_TO: Final = "archived_to"
 
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
 
 
 @dataclass(slots=True)
@@ -42,27 +58,53 @@ class JobAudit:
         """The job audited."""
         return self.replayed.job_id
 
+    @property
+    def archived_to(self) -> str:
+        """The archive holding the job's events when they left Redis, else ""."""
+        return (self.snapshot or {}).get(ARCHIVED_TO, "")
+
     def summary(self) -> dict[str, Any]:
         """The job as the audit table shows it."""
-        snapshot = self.replayed.snapshot
+        # An archived job has no events left in Redis: its row comes from the snapshot,
+        # which the archive step checked against the events before they left.
+        snapshot = self.replayed.snapshot if self.replayed.event_count else (self.snapshot or {})
         created = int(snapshot.get("created_at", "0") or "0")
         updated = int(snapshot.get("updated_at", "0") or "0")
         return {
             "job_id": self.job_id,
             "app_id": snapshot.get("app_id", ""),
-            "state": self.replayed.state,
+            "state": self.replayed.state or snapshot.get("state", ""),
             "attempts": int(snapshot.get("attempt", "0") or "0"),
             "reason": snapshot.get("reason") or None,
             "duration_s": round((updated - created) / 1000, 3) if created else None,
             "requested_by": snapshot.get("requested_by", ""),
             "created_at": created or None,
             "events": self.replayed.event_count,
+            "archived_to": self.archived_to or None,
             "intact": not self.problems,
             "problems": [
                 {"event_id": problem.event_id, "problem": problem.problem}
                 for problem in self.problems
             ],
         }
+
+
+@dataclass(slots=True)
+class AuditSummary:
+    """What a whole-history audit found: counts, and the jobs that failed."""
+
+    jobs: int = 0
+    events: int = 0
+    archived: int = 0
+    failing: list[JobAudit] = field(default_factory=list)
+
+    def count(self, audit: JobAudit) -> None:
+        """Add one audited job to the totals."""
+        self.jobs += 1
+        self.events += audit.replayed.event_count
+        self.archived += bool(audit.archived_to)
+        if audit.problems:
+            self.failing.append(audit)
 
 
 async def job_ids(
@@ -74,84 +116,256 @@ async def job_ids(
     while True:
         batch = cast(
             list[bytes],
-            await client.zrangebyscore(store.keys.jobs_index, low, "+inf", start=offset, num=BATCH),
+            await client.zrangebyscore(
+                store.keys.jobs_index, low, "+inf", start=offset, num=CHECK_BATCH * 10
+            ),
         )
         for job_id in batch:
             yield _text(job_id)
-        if len(batch) < BATCH:
+        if len(batch) < CHECK_BATCH * 10:
             return
         offset += len(batch)
 
 
-async def global_event_order(store: EventStore) -> dict[str, list[str]]:
-    """job id -> its event ids in the order of `prov:events`."""
-    order: dict[str, list[str]] = defaultdict(list)
-    async for stream_id, fields in store.iter_stream_entries(store.keys.events, BATCH):
-        try:
-            event = event_from_fields(fields, stream_id=stream_id)
-        except TamperError as error:
-            order[error.job_id].append(f"malformed:{stream_id}")
-            continue
-        order[event.job_id].append(event.event_id)
-    return order
+def raw_client(client: aioredis.Redis) -> aioredis.Redis:
+    """A client on the same connections whose XRANGE answers are left as hiredis gives them.
+
+    redis-py turns each entry into a dict in Python; the audit wants the flat field list
+    (the same bytes Redis digests), and skipping the conversion is most of the raw read cost.
+    """
+    raw = aioredis.Redis(connection_pool=client.connection_pool)
+    raw.set_response_callback("XRANGE", lambda response, **_options: response)
+    return raw
+
+
+async def raw_entries(
+    client: aioredis.Redis, key: str, *, start: str = "-", end: str = "+"
+) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """Every entry of a stream from `start` to `end` as (id, flat fields), in batches."""
+    raw = raw_client(client)
+    low = start
+    while True:
+        batch = cast(
+            list[list[Any]],
+            await raw.xrange(key, min=low, max=end, count=READ_BATCH),
+        )
+        for stream_id, flat in batch:
+            # A client made with decode_responses gives str: the digests need the bytes.
+            yield (
+                _text(stream_id),
+                flat
+                if not flat or isinstance(flat[0], bytes)
+                else [_bytes(value) for value in flat],
+            )
+        if len(batch) < READ_BATCH:
+            return
+        low = "(" + _text(batch[-1][0])
+
+
+def _decoded(mapping: dict[bytes | str, bytes | str]) -> dict[str, str]:
+    try:
+        return {key.decode(): value.decode() for key, value in mapping.items()}  # type: ignore[union-attr]
+    except (AttributeError, UnicodeDecodeError):
+        return {_text(key): _text(value) for key, value in mapping.items()}
+
+
+def _event_id(flat: list[bytes]) -> str:
+    return _text(dict(zip(flat[0::2], flat[1::2], strict=False)).get(b"event_id", b""))
+
+
+async def global_digests(store: EventStore, job_id: str) -> list[tuple[str, str]]:
+    """(event id, entry digest) of one job's entries in the global stream (reads all of it)."""
+    found: list[tuple[str, str]] = []
+    needle = job_id.encode()
+    client = store.client
+    async for _stream_id, flat in raw_entries(client, store.keys.events):
+        fields = dict(zip(flat[0::2], flat[1::2], strict=False))
+        if fields.get(b"job_id") == needle:
+            found.append((_event_id(flat), entry_digest(flat)))
+    return found
+
+
+def stream_disagreement(
+    job_id: str,
+    own: list[tuple[str, str]],
+    seen: list[tuple[str, str]],
+    *,
+    archived_prefix_ok: bool,
+) -> list[TamperError]:
+    """How a job's own stream (`own`) and its global entries (`seen`) differ.
+
+    With `archived_prefix_ok` (an archive trimmed the global stream), events missing from
+    the global stream are fine when they are the job's first ones and everything after them
+    agrees.
+    """
+    if own == seen:
+        return []
+    if archived_prefix_ok and len(seen) < len(own) and own[len(own) - len(seen) :] == seen:
+        return []
+    problems: list[TamperError] = []
+    own_digest = dict(own)
+    seen_digest = dict(seen)
+    for event_id, digest in own:
+        if event_id not in seen_digest:
+            problems.append(
+                TamperError(job_id, event_id, "missing event: not in the global stream")
+            )
+        elif seen_digest[event_id] != digest:
+            problems.append(
+                TamperError(
+                    job_id, event_id, "the job's stream and the global stream differ on this event"
+                )
+            )
+    for event_id, _digest in seen:
+        if event_id not in own_digest:
+            problems.append(TamperError(job_id, event_id, "missing event: not in the job's stream"))
+    if not problems:
+        problems.append(TamperError(job_id, "", "the two event streams order the job differently"))
+    return problems
+
+
+class _Checker:
+    """Checks finished jobs against Redis in batches and hands each result on."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        ring: KeyRing,
+        archives: Mapping[str, ArchiveRecord],
+        *,
+        check_streams: bool,
+        on_job: Callable[[JobAudit], None],
+    ) -> None:
+        self._store = store
+        self._ring = ring
+        self._archives = archives
+        self._check_streams = check_streams
+        self._on_job = on_job
+        self._waiting: list[PassedJob] = []
+        self._digests = store.client.register_script(
+            files("statemachine").joinpath("lua", "job_digests.lua").read_text(encoding="utf-8")
+        )
+
+    def add(self, passed: PassedJob) -> None:
+        """Queue a job the pass finished; `flush` checks the queue."""
+        self._waiting.append(passed)
+
+    @property
+    def full(self) -> bool:
+        """Whether enough jobs wait for one batch."""
+        return len(self._waiting) >= CHECK_BATCH
+
+    async def flush(self) -> None:
+        """Check every waiting job: one round trip for the batch, more only for a bad job."""
+        batch, self._waiting = self._waiting, []
+        if not batch:
+            return
+        keys = self._store.keys
+        pipe = self._store.client.pipeline(transaction=False)
+        for passed in batch:
+            pipe.hgetall(keys.job(passed.job_id))
+        if self._check_streams:
+            await self._digests(
+                keys=[keys.job_events(passed.job_id) for passed in batch], client=pipe
+            )
+        answers = await pipe.execute()
+        own_lists: list[Any] = answers[len(batch)] if self._check_streams else []
+        for index, passed in enumerate(batch):
+            snapshot = _decoded(cast(dict[bytes | str, bytes | str], answers[index])) or None
+            if self._check_streams:
+                own = own_lists[index]
+                if own != passed.flat_digests() or passed.anchored:
+                    self._on_job(await self.slow(passed.job_id, snapshot, passed.digests))
+                    continue
+            audit = JobAudit(replayed=passed.replayed, snapshot=snapshot)
+            audit.problems.extend(passed.replayed.problems)
+            audit.problems.extend(snapshot_drift(passed.replayed, snapshot))
+            self._on_job(audit)
+
+    async def slow(
+        self,
+        job_id: str,
+        snapshot: dict[str, str] | None,
+        seen: list[tuple[str, str]] | None,
+    ) -> JobAudit:
+        """Replay the job from its own stream and compare it with the global entries."""
+        store = self._store
+        replayed = await replay_job(store, self._ring, job_id)
+        audit = JobAudit(replayed=replayed, snapshot=snapshot)
+        archive_id = audit.archived_to
+        if archive_id and not replayed.event_count:
+            if archive_id not in self._archives:
+                audit.problems.append(
+                    TamperError(job_id, "", f"archived to {archive_id!r}, an unknown archive")
+                )
+            return audit
+        audit.problems.extend(replayed.problems)
+        audit.problems.extend(snapshot_drift(replayed, snapshot))
+        if self._check_streams and seen is not None:
+            own = [
+                (_event_id(flat), entry_digest(flat))
+                async for _stream_id, flat in raw_entries(
+                    store.client, store.keys.job_events(job_id)
+                )
+            ]
+            audit.problems.extend(
+                stream_disagreement(job_id, own, seen, archived_prefix_ok=bool(self._archives))
+            )
+        return audit
 
 
 async def audit_job(
-    store: EventStore,
-    ring: KeyRing,
-    job_id: str,
-    global_order: dict[str, list[str]] | None,
+    store: EventStore, ring: KeyRing, job_id: str, *, check_streams: bool = True
 ) -> JobAudit:
-    """Replay one job and collect every problem with its record."""
-    replayed = await replay_job(store, ring, job_id)
-    snapshot = await store.snapshot(job_id)
-    audit = JobAudit(replayed=replayed, snapshot=snapshot)
-    audit.problems.extend(replayed.problems)
-    audit.problems.extend(snapshot_drift(replayed, snapshot))
-    if global_order is not None:
-        own = [event.event_id for event in await store.job_events(job_id)]
-        seen = global_order.get(job_id, [])
-        if own != seen:
-            missing_globally = [event_id for event_id in own if event_id not in seen]
-            missing_locally = [event_id for event_id in seen if event_id not in own]
-            for event_id in missing_globally:
-                audit.problems.append(
-                    TamperError(job_id, event_id, "missing event: not in the global stream")
-                )
-            for event_id in missing_locally:
-                audit.problems.append(
-                    TamperError(job_id, event_id, "missing event: not in the job's stream")
-                )
-            if not missing_globally and not missing_locally:
-                audit.problems.append(
-                    TamperError(job_id, "", "the two event streams order the job differently")
-                )
-    return audit
+    """Audit one job on its own (reads the whole global stream to find its entries)."""
+    archives = await load_archive_records(store.client, store.keys, ring)
+    checker = _Checker(store, ring, archives, check_streams=check_streams, on_job=lambda _: None)
+    seen = await global_digests(store, job_id) if check_streams else None
+    return await checker.slow(job_id, await store.snapshot(job_id), seen)
 
 
 async def audit_all(
-    client: aioredis.Redis,
     store: EventStore,
     ring: KeyRing,
     *,
     only_job: str | None = None,
     since_ms: int | None = None,
-    check_global: bool = True,
+    check_streams: bool = True,
     on_job: Callable[[JobAudit], None] | None = None,
-) -> list[JobAudit]:
-    """Audit one job or every job; `on_job` sees each result as it comes."""
-    order = await global_event_order(store) if check_global else None
-    audits: list[JobAudit] = []
+) -> AuditSummary:
+    """Audit one job or every job; `on_job` sees each result as it comes.
 
-    async def chosen() -> AsyncIterator[str]:
-        if only_job:
-            yield only_job
-        else:
-            async for job_id in job_ids(client, store, since_ms=since_ms):
-                yield job_id
+    Without `since_ms` every job of the index is audited, including the ones the global
+    stream misses; with it, the jobs submitted since then that the global stream holds.
+    """
+    summary = AuditSummary()
 
-    async for job_id in chosen():
-        audits.append(await audit_job(store, ring, job_id, order))
-        if on_job:
-            on_job(audits[-1])
-    return audits
+    def count(audit: JobAudit) -> None:
+        summary.count(audit)
+        if on_job is not None:
+            on_job(audit)
+
+    if only_job:
+        count(await audit_job(store, ring, only_job, check_streams=check_streams))
+        return summary
+    archives = await load_archive_records(store.client, store.keys, ring)
+    for problem in (record.problem for record in archives.values() if record.problem):
+        count(JobAudit(ReplayedJob("(archive)"), None, [TamperError("(archive)", "", problem)]))
+    checker = _Checker(store, ring, archives, check_streams=check_streams, on_job=count)
+    partial = "skip" if since_ms is not None else ("anchor" if archives else "report")
+    history = HistoryPass(ring, checker.add, partial=partial)
+    start = "-" if since_ms is None else f"{since_ms}-0"
+    async for stream_id, flat in raw_entries(store.client, store.keys.events, start=start):
+        history.add(stream_id, flat)
+        if checker.full:
+            await checker.flush()
+    history.finish()
+    await checker.flush()
+    if since_ms is not None:
+        return summary
+    # Jobs of the index the global stream never mentioned: archived ones, or tampering.
+    seen = history.seen
+    async for job_id in job_ids(store.client, store):
+        if job_id not in seen:
+            count(await checker.slow(job_id, await store.snapshot(job_id), []))
+    return summary

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from core.errors import IllegalTransition, TamperError
 from core.keyring import KeyRing
-from statemachine.events import Event, event_from_fields, integrity_problems
-from statemachine.machine import JobCursor
+from statemachine.events import Event, integrity_problems, parse_event
+from statemachine.machine import NO_STATE, next_state
 from statemachine.snapshot import apply_event, derived_view
 from statemachine.store import EventStore
 
@@ -29,6 +29,8 @@ class ReplayedJob:
     snapshot: dict[str, str] = field(default_factory=dict)
     event_count: int = 0
     problems: list[TamperError] = field(default_factory=list)
+    # The first event replayed when the chain's start is elsewhere (an archive), else "".
+    anchored_at: str = ""
 
     @property
     def intact(self) -> bool:
@@ -42,8 +44,22 @@ class JobReplayer:
     def __init__(self, job_id: str, ring: KeyRing) -> None:
         self._ring = ring
         self._result = ReplayedJob(job_id)
-        self._cursor = JobCursor(job_id)
+        self._state = NO_STATE
         self._prev_hash = ""
+
+    def anchor(self, event: Event) -> None:
+        """Start mid-chain at `event` (its earlier events are archived or outside the export).
+
+        The link into the missing part cannot be checked; everything from here on is.
+        """
+        self._state = event.src
+        self._prev_hash = event.prev
+        self._result.anchored_at = event.event_id
+
+    @property
+    def last_hash(self) -> str:
+        """The hash of the last event added (the chain's head)."""
+        return self._prev_hash
 
     def _problem(self, event_id: str, problem: str) -> None:
         self._result.problems.append(TamperError(self._result.job_id, event_id, problem))
@@ -52,27 +68,31 @@ class JobReplayer:
         """Record an entry that could not even be parsed into an event."""
         self._result.problems.append(error)
 
-    def add(self, event: Event) -> None:
-        """Check one event and advance the job with it."""
+    def add(self, event: Event, *, detail_text: str | None = None) -> None:
+        """Check one event and advance the job with it.
+
+        `detail_text` is the detail's canonical text when the caller parsed it already.
+        """
         result = self._result
         result.event_count += 1
         if event.job_id != result.job_id:
             self._problem(event.event_id, f"event belongs to job {event.job_id!r}")
-        for problem in integrity_problems(event, self._ring):
+        for problem in integrity_problems(event, self._ring, detail_text=detail_text):
             self._problem(event.event_id, problem)
         if event.prev != self._prev_hash:
             self._problem(event.event_id, "broken chain: prev is not the previous event's hash")
-        state_before = self._cursor.state
+        state_before = self._state
         if event.src != state_before:
             self._problem(
                 event.event_id,
                 f"src {event.src or '(none)'!r} but the job was {state_before or '(none)'!r}",
             )
         try:
-            reached = self._cursor.fire(event.trigger)
+            reached = next_state(result.job_id, state_before, event.trigger)
         except IllegalTransition as error:
             self._problem(event.event_id, f"illegal transition: {error}")
         else:
+            self._state = reached
             if reached != event.dst:
                 self._problem(
                     event.event_id, f"dst {event.dst!r} but {event.trigger!r} leads to {reached!r}"
@@ -81,9 +101,8 @@ class JobReplayer:
         self._prev_hash = event.hash
 
     def finish(self) -> ReplayedJob:
-        """Release the machine model and return the replayed job."""
-        self._cursor.close()
-        self._result.state = self._cursor.state
+        """The replayed job, in the state its events lead to."""
+        self._result.state = self._state
         return self._result
 
 
@@ -100,9 +119,11 @@ async def replay_job(store: EventStore, ring: KeyRing, job_id: str) -> ReplayedJ
     replayer = JobReplayer(job_id, ring)
     async for stream_id, fields in store.iter_stream_entries(store.keys.job_events(job_id)):
         try:
-            replayer.add(event_from_fields(fields, stream_id=stream_id))
+            event, detail_text = parse_event(fields, stream_id=stream_id)
         except TamperError as error:
             replayer.malformed(error)
+        else:
+            replayer.add(event, detail_text=detail_text)
     return replayer.finish()
 
 

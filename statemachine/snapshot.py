@@ -17,8 +17,9 @@ from typing import Final
 from statemachine.events import Event
 from statemachine.machine import FAILED, RETRY_WAIT, RUNNING
 
-# Written outside the event chain (cancel flag, delivery bookkeeping); replay never compares them.
-BOOKKEEPING_FIELDS: Final = frozenset({"cancel_requested", "entry_id"})
+# Written outside the event chain (cancel flag, delivery bookkeeping, the archive that holds
+# the events once `provision audit archive` moved them out); replay never compares them.
+BOOKKEEPING_FIELDS: Final = frozenset({"cancel_requested", "entry_id", "archived_to"})
 
 # Copied from the submit event's detail into the snapshot, for listing without reading events.
 _SUBMIT_FIELDS: Final = ("app_id", "target", "requested_by", "expires_at")

@@ -157,6 +157,11 @@ class EventStore:
         self._requeue = client.register_script(_script("requeue.lua"))
         self._renew = client.register_script(_script("renew_leases.lua"))
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The Redis client the store writes with (readers such as the audit share it)."""
+        return self._client
+
     async def snapshot(self, job_id: str) -> dict[str, str] | None:
         """The job's current snapshot, or None when there is no such job."""
         raw: dict[bytes | str, bytes | str] = await self._client.hgetall(self.keys.job(job_id))

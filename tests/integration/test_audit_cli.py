@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from core.keyring import KeyRing
+from core.keyring import KeyRing, append_new_key, load_keyring
+from statemachine.events import compute_hash, compute_mac, event_from_fields
 from statemachine.store import EventStore, IndexJob
 from tests.agent_support import make_ring
+from tests.keyring_fixtures import ring_of
 
 pytestmark = pytest.mark.redis
 
@@ -99,39 +102,137 @@ async def test_verify_passes_an_untouched_history(tmp_path, redis_url, namespace
     await make_jobs(store)
     code, _out, err = await audit(tmp_path, redis_url, namespace, "verify")
     assert code == 0, err
-    assert "3 job(s) checked: every record holds" in err + _out
+    assert "3 job(s), 15 event(s) checked in Redis: every record holds" in err + _out
+
+
+async def _rewrite(redis_client, key: str, entries: list) -> None:
+    """Replace a stream by `entries` (id, fields), in that order, with fresh ids."""
+    await redis_client.delete(key)
+    for _stream_id, fields in entries:
+        await redis_client.xadd(key, fields)
+
+
+def _forge(fields: dict, ring: KeyRing, **changes: str) -> dict:
+    """An entry with `changes`, re-hashed and re-MACed under `ring` (a key holder's forgery)."""
+    event = event_from_fields(fields)
+    changed = replace(event, **changes)
+    changed = replace(changed, hash=compute_hash(changed))
+    changed = replace(changed, mac=compute_mac(ring, changed.kid, changed.hash))
+    return changed.stream_fields()
+
+
+async def _both_streams(redis_client, keys, victim):
+    own = await redis_client.xrange(keys.job_events(victim))
+    everything = await redis_client.xrange(keys.events)
+    return own, everything
+
+
+def _positions(everything, victim):
+    return [
+        i for i, (_sid, fields) in enumerate(everything) if fields[b"job_id"] == victim.encode()
+    ]
 
 
 @pytest.mark.parametrize(
-    "tampering",
-    ["edit_snapshot", "delete_job_event", "delete_global_event", "insert_forged_event"],
+    ("tampering", "expected"),
+    [
+        ("edit_snapshot", "snapshot drift"),
+        ("delete_job_event", "broken chain"),
+        ("delete_global_event", "not in the global stream"),
+        ("delete_event_everywhere", "broken chain"),
+        ("insert_forged_event", "hash does not match"),
+        ("insert_forged_event_everywhere", "hash does not match"),
+        ("alter_field_in_job_stream", "hash does not match"),
+        ("alter_field_everywhere", "hash does not match"),
+        ("alter_field_in_global_stream", "differ on this event"),
+        ("reorder_pair_in_job_stream", "broken chain"),
+        ("reorder_pair_everywhere", "broken chain"),
+        ("unknown_key_everywhere", "unknown key"),
+        ("drop_last_event_everywhere", "snapshot drift"),
+    ],
 )
 async def test_verify_names_the_job_and_the_problem_for_each_kind_of_tampering(
-    tmp_path, redis_url, namespace, store, redis_client, tampering
+    tmp_path, redis_url, namespace, store, redis_client, ring, tampering, expected
 ):
     ids = await make_jobs(store)
     victim = ids["retried"]
     keys = store.keys
-    entries = await redis_client.xrange(keys.job_events(victim))
+    own, everything = await _both_streams(redis_client, keys, victim)
+    mine = _positions(everything, victim)
     if tampering == "edit_snapshot":
         await redis_client.hset(keys.job(victim), "state", "failed")
-        expected = "snapshot drift"
     elif tampering == "delete_job_event":
-        await redis_client.xdel(keys.job_events(victim), entries[2][0])
-        expected = "broken chain"
+        await redis_client.xdel(keys.job_events(victim), own[2][0])
     elif tampering == "delete_global_event":
-        event_id = entries[1][1][b"event_id"]
-        for stream_id, fields in await redis_client.xrange(keys.events):
-            if fields[b"event_id"] == event_id:
-                await redis_client.xdel(keys.events, stream_id)
-        expected = "not in the global stream"
-    else:
-        forged = dict(entries[-1][1])
+        await redis_client.xdel(keys.events, everything[mine[1]][0])
+    elif tampering == "delete_event_everywhere":
+        await redis_client.xdel(keys.job_events(victim), own[2][0])
+        await redis_client.xdel(keys.events, everything[mine[2]][0])
+    elif tampering in ("insert_forged_event", "insert_forged_event_everywhere"):
+        forged = dict(own[-1][1])
         forged[b"detail"] = b'{"exit_code":0,"note":"forged"}'
         await redis_client.xadd(keys.job_events(victim), forged)
-        expected = "hash does not match"
+        if tampering.endswith("everywhere"):
+            await redis_client.xadd(keys.events, forged)
+    elif tampering.startswith("alter_field"):
+        altered = dict(own[3][1])
+        altered[b"actor"] = b"panel:mallory"
+        if tampering != "alter_field_in_global_stream":
+            own[3] = (own[3][0], altered)
+            await _rewrite(redis_client, keys.job_events(victim), own)
+        if tampering != "alter_field_in_job_stream":
+            everything[mine[3]] = (everything[mine[3]][0], altered)
+            await _rewrite(redis_client, keys.events, everything)
+    elif tampering.startswith("reorder_pair"):
+        own[2], own[3] = own[3], own[2]
+        await _rewrite(redis_client, keys.job_events(victim), own)
+        if tampering.endswith("everywhere"):
+            a, b = mine[2], mine[3]
+            everything[a], everything[b] = everything[b], everything[a]
+            await _rewrite(redis_client, keys.events, everything)
+    elif tampering == "unknown_key_everywhere":
+        outsider = ring_of("outsider")
+        forged = _forge(own[-1][1], outsider, kid="outsider")
+        await redis_client.xadd(keys.job_events(victim), forged)
+        await redis_client.xadd(keys.events, forged)
+    elif tampering == "drop_last_event_everywhere":
+        await redis_client.xdel(keys.job_events(victim), own[-1][0])
+        await redis_client.xdel(keys.events, everything[mine[-1]][0])
     code, out, _err = await audit(tmp_path, redis_url, namespace, "verify")
-    assert code == 1
+    assert code == 1, out
     lines = [line for line in out.splitlines() if line.startswith("job ")]
     assert lines and all(victim in line for line in lines), out
     assert any(expected in line for line in lines), out
+    code, out, _err = await audit(tmp_path, redis_url, namespace, "verify", "--job", victim)
+    assert code == 1 and expected in out, out
+    code, out, _err = await audit(tmp_path, redis_url, namespace, "verify", "--job", ids["ok"])
+    assert code == 0, out
+
+
+async def test_verify_of_an_unknown_job_says_so(tmp_path, redis_url, namespace, store):
+    await make_jobs(store)
+    code, _out, err = await audit(tmp_path, redis_url, namespace, "verify", "--job", "01JNOPE")
+    assert code == 1 and "no job 01JNOPE" in err
+
+
+async def test_verify_follows_key_rotation(tmp_path, redis_url, namespace, store, ring):
+    await make_jobs(store)
+    # A new key signs from now on; events MACed with the old one still verify.
+    append_new_key(tmp_path / "hmac.keys")
+    rotated = EventStore(store.client, store.keys, load_keyring(tmp_path / "hmac.keys"))
+    await make_more(rotated)
+    code, out, err = await audit(tmp_path, redis_url, namespace, "verify")
+    assert code == 0, out + err
+    kids = {fields[b"kid"] for _sid, fields in await store.client.xrange(store.keys.events)}
+    assert len(kids) == 2
+
+
+async def make_more(store: EventStore) -> None:
+    job_id = "01K" + "9" * 23
+    await store.create_job(
+        job_id,
+        actor="panel:bob",
+        detail={"app_id": "hello", "target": "local", "requested_by": "bob"},
+        effects=[IndexJob(store.keys.jobs_index, 5_000, job_id)],
+    )
+    await store.transition(job_id, "verify", actor="agent:a")

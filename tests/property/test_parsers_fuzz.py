@@ -158,14 +158,11 @@ def test_event_fields_parse_or_raise_tamper_error_and_replay_never_crashes(field
     _parse_and_replay(fields)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="known bug: a detail holding a lone surrogate escape parses, then crashes the hash; "
-    "statemachine/events.py is being reworked in another change, which should refuse it",
-)
 def test_a_detail_with_a_lone_surrogate_escape_is_tampering_not_a_crash():
-    _parse_and_replay({**_real_event_fields({}), "detail": '{"x":"\\ud800"}'})
+    fields = {**_real_event_fields({}), "detail": '{"x":"\\ud800"}'}
+    with pytest.raises(TamperError, match="lone surrogate"):
+        event_from_fields(fields)
+    _parse_and_replay(fields)
 
 
 def _parse_and_replay(fields: dict[Any, Any]) -> None:

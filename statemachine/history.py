@@ -1,0 +1,157 @@
+"""One pass over a history in global order, replaying every job as its events go by.
+
+The global stream `prov:events` (or an export of it) holds every event of every job in the
+order they were written. Reading it once, in large batches, and keeping only the jobs still
+open in memory, is what lets an audit check millions of events quickly: each event is parsed,
+hashed, MAC-checked and walked through the machine exactly once, and a job leaves memory as
+soon as its terminal event has passed.
+
+For each entry the pass also keeps a digest of its raw fields (SHA-1 of the field names and
+values joined by "\\x1e", as `lua/job_digests.lua` computes it inside Redis), so the caller can
+compare each job's own stream with the global copy without reading it in full.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from core.errors import TamperError
+from core.keyring import KeyRing
+from statemachine.events import Event, parse_flat_event
+from statemachine.machine import NO_STATE, TERMINAL_STATES
+from statemachine.replay import JobReplayer, ReplayedJob
+
+FIELD_SEPARATOR: Final = b"\x1e"
+
+
+def entry_digest(flat: Sequence[bytes]) -> str:
+    """The digest of one raw stream entry's fields (names and values, in stored order)."""
+    return hashlib.sha1(FIELD_SEPARATOR.join(flat), usedforsecurity=False).hexdigest()
+
+
+@dataclass(slots=True)
+class PassedJob:
+    """A job replayed from the global order, with the digests of its global entries."""
+
+    replayed: ReplayedJob
+    # (event id, entry digest) of each of the job's entries, in global order.
+    digests: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def job_id(self) -> str:
+        """The job replayed."""
+        return self.replayed.job_id
+
+    def flat_digests(self) -> list[bytes]:
+        """The digests as `lua/job_digests.lua` answers: event id, digest, event id, ..."""
+        return [text.encode() for pair in self.digests for text in pair]
+
+    @property
+    def anchored(self) -> bool:
+        """True when the pass met the job mid-chain (its start is archived or not exported)."""
+        return bool(self.replayed.anchored_at)
+
+
+@dataclass(slots=True)
+class _OpenJob:
+    replayer: JobReplayer
+    digests: list[tuple[str, str]]
+
+
+class HistoryPass:
+    """Feed entries in global order with `add`; every job comes out through `on_job`.
+
+    A job whose first entry in the pass is not its `submit` is, by `partial`:
+    - "report": replayed from nothing, so the missing start shows as problems (a full
+      history must start every job);
+    - "anchor": replayed from that entry on (the start is in an archive, or before an
+      export's `--since`);
+    - "skip": left out (replay `--since`: the job was submitted before the window).
+    """
+
+    def __init__(
+        self,
+        ring: KeyRing,
+        on_job: Callable[[PassedJob], None],
+        *,
+        partial: str = "report",
+    ) -> None:
+        if partial not in ("report", "anchor", "skip"):
+            raise ValueError(f"partial must be report, anchor or skip, not {partial!r}")
+        self._ring = ring
+        self._on_job = on_job
+        self._partial = partial
+        self._open: dict[str, _OpenJob] = {}
+        # Jobs that reached a terminal state (state after it) or were skipped: an event that
+        # comes later for one of them is reported instead of starting the job over.
+        self._closed: dict[str, str] = {}
+        self.events = 0
+
+    @property
+    def seen(self) -> set[str]:
+        """Every job the pass has met so far (open, finished or skipped)."""
+        return set(self._open) | set(self._closed)
+
+    def add(self, stream_id: str, flat: Sequence[bytes]) -> None:
+        """One raw entry of the global stream: field names and values, alternating."""
+        self.events += 1
+        digest = entry_digest(flat)
+        try:
+            event, detail_text = parse_flat_event(flat, stream_id=stream_id)
+        except TamperError as error:
+            job = self._job(error.job_id, None)
+            if job is not None:
+                job.replayer.malformed(TamperError(error.job_id, stream_id, error.problem))
+                job.digests.append((error.event_id, digest))
+            return
+        job = self._job(event.job_id, event)
+        if job is None:
+            return
+        job.replayer.add(event, detail_text=detail_text)
+        job.digests.append((event.event_id, digest))
+        if event.dst in TERMINAL_STATES:
+            self._finish(event.job_id, event.dst)
+
+    def _job(self, job_id: str, first: Event | None) -> _OpenJob | None:
+        job = self._open.get(job_id)
+        if job is not None:
+            return job
+        closed_state = self._closed.get(job_id)
+        if closed_state == "(skipped)":
+            return None
+        replayer = JobReplayer(job_id, self._ring)
+        if closed_state is not None:
+            # An event after the job ended: reported on a record of its own, which checks
+            # the late events from there on.
+            event_id = first.event_id if first is not None else ""
+            replayer.malformed(
+                TamperError(job_id, event_id, f"event after the job ended ({closed_state})")
+            )
+            if first is not None:
+                replayer.anchor(first)
+            self._closed.pop(job_id)
+        elif first is not None and first.src != NO_STATE:
+            if self._partial == "skip":
+                self._closed[job_id] = "(skipped)"
+                return None
+            if self._partial == "anchor":
+                replayer.anchor(first)
+        job = _OpenJob(replayer=replayer, digests=[])
+        self._open[job_id] = job
+        return job
+
+    def _finish(self, job_id: str, state: str) -> None:
+        job = self._open.pop(job_id)
+        self._closed[job_id] = state
+        self._on_job(PassedJob(replayed=job.replayer.finish(), digests=job.digests))
+
+    def finish(self) -> None:
+        """Hand out every job still open (not terminal, or cut short) at the end of the pass."""
+        for job_id in list(self._open):
+            job = self._open.pop(job_id)
+            replayed = job.replayer.finish()
+            self._closed[job_id] = replayed.state
+            self._on_job(PassedJob(replayed=replayed, digests=job.digests))
