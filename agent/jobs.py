@@ -14,13 +14,15 @@ import asyncio
 import os
 import pwd
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent.applock import AppLocks
 from agent.checks import CheckedJob, check_job, check_whitelist, sandbox_environment
@@ -57,6 +59,7 @@ from statemachine.machine import (
 )
 from statemachine.store import (
     AckEntry,
+    Applied,
     EventStore,
     ScheduleRetry,
     SetJobFields,
@@ -68,6 +71,8 @@ log = structlog.get_logger("agent.jobs")
 
 # A verify command is a quick health probe, not an install: it gets a short leash.
 MAX_VERIFY_S: Final = 120.0
+# A step that met a Redis outage is sent again, waiting up to this long between tries.
+STEP_RETRY_CAP_S: Final = 1.0
 # Dead letters keep enough of a bad entry to investigate, never an unbounded copy.
 MAX_DEAD_FIELD_BYTES: Final = 16 * 1024
 
@@ -530,6 +535,26 @@ class JobProcessor:
         if applied is not None:  # counted once, by the actor whose step was recorded
             self._metrics.decided(applied.get("app_id", ""), decision)
 
+    async def _step_through_outages(
+        self, step: Callable[[], Awaitable[Applied]], trigger: str
+    ) -> Applied:
+        """Run one shielded step, sending it again while Redis is unreachable.
+
+        Giving up would leave the entry to be reclaimed after the lease, where the job,
+        still `running`, reads as `agent_lost` and runs again although its run had ended
+        (found by the chaos suite, scenario 3). Sending it again is safe: each step is a
+        compare-and-set, so if the lost try did land, the next one fails as a conflict.
+        A stop that cancels the job ends the wait; the entry is then reclaimed as before.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return await asyncio.shield(step())
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                log.warning("job.step_retry", trigger=trigger, error=str(error), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STEP_RETRY_CAP_S)
+
     async def _transition(
         self,
         job_id: str,
@@ -557,8 +582,8 @@ class JobProcessor:
         if run_attempt is not None:
             expected["attempt"] = str(run_attempt)
         try:
-            applied = await asyncio.shield(
-                self._store.transition(
+            applied = await self._step_through_outages(
+                lambda: self._store.transition(
                     job_id,
                     trigger,
                     actor=self._actor,
@@ -568,7 +593,8 @@ class JobProcessor:
                     expect_fields=expected,
                     effects=effects or [],
                     known=known,
-                )
+                ),
+                trigger,
             )
         except TransitionError as error:
             log.info("job.transition_lost", trigger=trigger, problem=str(error))

@@ -17,9 +17,13 @@ Rules (each a field of `Report`):
     extra_runs           runs in the effect log that no `start` event accounts for: more runs
                          of a job than starts, a run of an attempt never started, or two runs
                          of one attempt
-    unexplained_reruns   an `agent_lost` record for an attempt whose agent did not die (per the
-                         harness's death log) between the attempt's `start` and the record: a
-                         second run caused by something other than an agent death
+    unexplained_reruns   an `agent_lost` record for an attempt that ran (it is in the effect
+                         log) although its agent did not die (per the harness's death log)
+                         between the attempt's `start` and the record: a second run caused by
+                         something other than an agent death, such as a lapsed lease.
+                         (An `agent_lost` for an attempt that never ran, e.g. a `start` whose
+                         answer was lost in a Redis outage, doubles nothing; it is counted in
+                         `lost_starts_without_run`, not judged.)
     illegal              replay problems (illegal transition, broken chain, bad mac, src/dst)
     not_terminal         jobs whose last event leaves them in a non-terminal state
     pending              entries still pending in the agents' group after the drain
@@ -82,6 +86,7 @@ class Report:
     jobs: int = 0
     runs: int = 0
     reruns_after_agent_death: int = 0
+    lost_starts_without_run: int = 0
     lost: list[str] = field(default_factory=list)
     never_created: list[str] = field(default_factory=list)
     multiple_terminal: list[str] = field(default_factory=list)
@@ -171,8 +176,10 @@ def check_history(
             if replayed.state not in TERMINAL_STATES:
                 report.not_terminal.append(job_id)
         report.extra_runs.extend(_extra_runs(job_id, history, runs_by_job.get(job_id, [])))
-        explained, unexplained = _reruns(job_id, history, deaths)
+        ran = {run.attempt for run in runs_by_job.get(job_id, [])}
+        explained, never_ran, unexplained = _reruns(job_id, history, deaths, ran)
         report.reruns_after_agent_death += explained
+        report.lost_starts_without_run += never_ran
         report.unexplained_reruns.extend(unexplained)
     return report
 
@@ -192,12 +199,13 @@ def _extra_runs(job_id: str, history: Sequence[Event], runs: Sequence[Run]) -> l
 
 
 def _reruns(
-    job_id: str, history: Sequence[Event], deaths: Sequence[AgentDeath]
-) -> tuple[int, list[str]]:
-    """Count `agent_lost` records explained by a death of the attempt's agent, and the rest."""
+    job_id: str, history: Sequence[Event], deaths: Sequence[AgentDeath], ran: set[int]
+) -> tuple[int, int, list[str]]:
+    """Sort `agent_lost` records: explained by a death of the attempt's agent, for an
+    attempt that never ran, and the rest (the violations)."""
     started: dict[int, Event] = {e.attempt: e for e in history if e.trigger == "start"}
     died: Mapping[str, list[int]] = _deaths_by_agent(deaths)
-    explained = 0
+    explained = never_ran = 0
     unexplained = []
     for event in history:
         if event.detail.get("reason") != Reason.AGENT_LOST:
@@ -206,12 +214,14 @@ def _reruns(
         agent = start.actor.removeprefix("agent:") if start is not None else ""
         if start is not None and any(start.at <= t <= event.at for t in died.get(agent, [])):
             explained += 1
+        elif event.attempt not in ran:
+            never_ran += 1
         else:
             unexplained.append(
-                f"{job_id}: attempt {event.attempt} recorded agent_lost "
+                f"{job_id}: attempt {event.attempt} ran and was recorded agent_lost "
                 f"but agent {agent or '?'} did not die during it"
             )
-    return explained, unexplained
+    return explained, never_ran, unexplained
 
 
 def _deaths_by_agent(deaths: Sequence[AgentDeath]) -> dict[str, list[int]]:

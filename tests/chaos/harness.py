@@ -32,6 +32,7 @@ from core.keyring import KeyRing
 from core.keys import AGENTS_GROUP, RedisKeys
 from core.redis_conn import connect
 from core.redis_launcher import RedisServer, find_redis_server, start_redis
+from core.settings import FsyncPolicy
 from statemachine.events import event_from_fields
 from statemachine.machine import TERMINAL_STATES
 from statemachine.store import EventStore
@@ -149,7 +150,14 @@ class Summary:
 class Chaos:
     """One world: Redis, a panel, agents and test apps, torn down by `close()`."""
 
-    def __init__(self, tmp_path: Path, *, lease_s: float = 3.0, **agent_env: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        lease_s: float = 3.0,
+        fsync: FsyncPolicy = "everysec",
+        **agent_env: str,
+    ) -> None:
         self.tmp = tmp_path
         # A short data folder keeps the Unix socket inside it, so a restarted Redis listens
         # on the very same path and every client finds it again.
@@ -163,6 +171,7 @@ class Chaos:
         self.keys = RedisKeys(NAMESPACE)
         self.ring: KeyRing = make_ring(self.keys_file)
         self.lease_s = lease_s
+        self.fsync: FsyncPolicy = fsync
         self.agent_env = agent_env
         self.binary = find_redis_server()
         self.redis: RedisServer | None = None
@@ -238,7 +247,7 @@ class Chaos:
 
     def start_redis(self) -> None:
         """Start (or restart) Redis on the same data folder and socket."""
-        self.redis = start_redis(self.redis_dir, binary=self.binary)
+        self.redis = start_redis(self.redis_dir, binary=self.binary, fsync=self.fsync)
         assert self.redis.url == self.redis_url, self.redis.url
 
     def stop_redis(self) -> None:
