@@ -43,7 +43,7 @@ from panel.job_display import (
     input_rows,
     texts_for_script,
 )
-from panel.jobs import CannotCancel, JobFilters, LogLine, is_job_id
+from panel.jobs import CannotCancel, JobFilters, JobVerification, LogLine, is_job_id
 from panel.page_context import render_page
 from panel.producer import SubmittedJob
 from statemachine.events import Event
@@ -279,9 +279,12 @@ async def install(request: web.Request) -> web.StreamResponse:
 # --- one job ---------------------------------------------------------------------------------
 
 
-def _event_view(event: Event) -> dict[str, Any]:
+def _event_view(event: Event, verification: JobVerification) -> dict[str, Any]:
     return {
         "event": event,
+        "problems": [
+            problem for event_id, problem in verification.problems if event_id == event.event_id
+        ],
         "rows": detail_rows(event.detail),
         "inputs": input_rows(event.detail) if event.trigger == "submit" else [],
     }
@@ -312,6 +315,7 @@ async def job_page(request: web.Request) -> web.Response:
         return _not_found(request, "job")
     jobs = request.app[appkeys.JOBS]
     events = await jobs.events(job["job_id"])
+    verification = await jobs.verification(job["job_id"])
     lines = await jobs.log(job["job_id"])
     app = request.app[appkeys.CATALOGUE].current().get(job["app_id"])
     sentence, hint = failure_help(job["reason"])
@@ -319,7 +323,8 @@ async def job_page(request: web.Request) -> web.Response:
         "job": job,
         "app_name": app.manifest.name if app and app.manifest else job["app_id"],
         "terminal": job["state"] in TERMINAL_STATES,
-        "events": [_event_view(event) for event in events],
+        "events": [_event_view(event, verification) for event in events],
+        "verification": verification,
         "log_items": log_items(lines),
         "last_log_id": lines[-1].id if lines else "",
         "last_attempt": lines[-1].attempt if lines else "",

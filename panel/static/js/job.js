@@ -134,7 +134,36 @@
         );
       }
     }
+    item.append(integrityDetails(event));
     return item;
+  }
+
+  /** The fields that chain and sign the event, as the page renders them (_job.html). */
+  function integrityDetails(event) {
+    const row = (term, value) => el("div", {}, el("dt", { text: term }), el("dd", {}, value));
+    return el(
+      "details",
+      { className: "event-integrity" },
+      el("summary", { text: "Integrity" }),
+      el(
+        "dl",
+        {},
+        row("event", el("code", { text: event.event_id })),
+        row("hash", el("code", { className: "digest", text: event.hash })),
+        row("prev", event.prev ? el("code", { className: "digest", text: event.prev }) : el("span", { className: "muted", text: "(first event)" })),
+        row("key", el("code", { text: event.kid })),
+      ),
+    );
+  }
+
+  // Events that arrive live were not part of the check made when the page was rendered.
+  let liveEvents = 0;
+  function noteLiveEvent() {
+    const note = $("chain-new");
+    if (!note) return;
+    liveEvents += 1;
+    note.textContent = `· ${liveEvents} newer (reload to verify)`;
+    note.hidden = false;
   }
 
   function setHidden(id, hidden) {
@@ -186,6 +215,7 @@
     if (!event || seenEvents.has(event.event_id)) return;
     seenEvents.add(event.event_id);
     timeline.append(eventItem(event));
+    noteLiveEvent();
     updateStatus(event);
   }
 
