@@ -54,6 +54,7 @@ class World:
     ring: KeyRing
     app_ids: list[str]
     processes: list[Process] = field(default_factory=list)
+    token: str | None = None
 
     @property
     def url(self) -> str:
@@ -108,6 +109,8 @@ class World:
 
     def admin_token(self) -> str:
         """An admin user and API token made with the real `provision users`/`tokens` commands."""
+        if self.token is not None:
+            return self.token
         env = self.environ()
         subprocess.run(
             provision_argv("users", "add", "bench", "--role", "admin"),
@@ -119,7 +122,8 @@ class World:
         made = subprocess.run(
             provision_argv("tokens", "create", "bench"), env=env, check=True, capture_output=True
         )
-        return made.stdout.decode().strip().splitlines()[-1]
+        self.token = made.stdout.decode().strip().splitlines()[-1]
+        return self.token
 
     def stop_processes(self) -> None:
         """SIGTERM every started process, then SIGKILL what is left."""
