@@ -17,7 +17,7 @@ import pytest
 from core.retry import RetryPolicy, delay_for
 from statemachine.store import EventStore
 from tests.agent_support import wait_until
-from tests.chaos.checker import Report
+from tests.chaos.checker import Report, Submission
 from tests.chaos.harness import Chaos, job_processes, sized
 
 pytestmark = [pytest.mark.chaos, pytest.mark.redis, pytest.mark.slow]
@@ -66,6 +66,41 @@ async def post_install(world: Chaos, app_id: str) -> int | None:
     async with aiohttp.ClientSession(timeout=timeout) as session:
         record = await world.submit(session, app_id)
     return record.status
+
+
+# --- the harness can fail ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+async def test_0_the_checker_catches_faults_planted_in_a_real_history(make_world):
+    world = await make_world()
+    app = world.app("plain")
+    world.start_agent("agent-a")
+    await world.submit_many([app], 10)
+    await world.drain(timeout_s=120)
+    assert_clean(world, await world.check())
+    victim, doubled = world.submissions[0].job_id, world.submissions[1].job_id
+    assert victim is not None and doubled is not None
+    client = await world.client()
+    try:
+        # 1. a terminal event deleted from prov:events
+        for stream_id, fields in await client.xrange(world.keys.events):
+            if fields[b"job_id"].decode() == victim and fields[b"dst"] == b"succeeded":
+                await client.xdel(world.keys.events, stream_id)
+    finally:
+        await client.aclose()
+    # 2. a duplicated run in the effect log; 3. an acknowledged job that was never created
+    with world.effects.open("a") as effects:
+        effects.write(f"{doubled} 1 4242\n")
+    world.submissions.append(Submission(app, "acknowledged", 201, "01NEVERCREATED0000000000000"))
+    report = await world.check()
+    assert report.lost == sorted([victim, "01NEVERCREATED0000000000000"])
+    assert report.never_created == ["01NEVERCREATED0000000000000"]
+    assert report.extra_runs == [
+        f"{doubled}: 2 runs but 1 starts",
+        f"{doubled}: attempt 1 ran 2x, started 1x",
+    ]
+    assert not report.ok
 
 
 # --- 1 ----------------------------------------------------------------------------------------
@@ -197,7 +232,9 @@ async def test_4_redis_paused_past_the_lease_hangs_nothing_and_doubles_no_run(ma
 
 
 async def long_jobs(world: Chaos, count: int) -> Report:
-    apps = [world.app(f"long{n}", sleep_s=6) for n in range(count)]
+    # One retry: without renewal every lease lapses, and each lapse costs another run.
+    retry = {"max_retries": 1, "base_delay": 0.5, "factor": 2}
+    apps = [world.app(f"long{n}", sleep_s=6, retry=retry) for n in range(count)]
     world.start_agent("agent-a", PROV_AGENT_CONCURRENCY=str(count))
     world.start_agent("agent-b", PROV_AGENT_CONCURRENCY=str(count))
     await world.submit_many(apps, count)
