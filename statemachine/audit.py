@@ -14,6 +14,7 @@ and compared event by event with the global entries, so every problem names its 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -24,7 +25,7 @@ import redis.asyncio as aioredis
 from core.errors import TamperError
 from core.keyring import KeyRing
 from statemachine.archive_record import ArchiveRecord, load_archive_records
-from statemachine.history import HistoryPass, PassedJob, entry_digest
+from statemachine.history import HistoryPass, PassedJob, entry_digest, job_share
 from statemachine.replay import ReplayedJob, replay_job, snapshot_drift
 from statemachine.store import EventStore
 
@@ -91,12 +92,12 @@ class JobAudit:
 
 @dataclass(slots=True)
 class AuditSummary:
-    """What a whole-history audit found: counts, and the jobs that failed."""
+    """What a whole-history audit found: counts, and the rows of the jobs that failed."""
 
     jobs: int = 0
     events: int = 0
     archived: int = 0
-    failing: list[JobAudit] = field(default_factory=list)
+    failing: list[dict[str, Any]] = field(default_factory=list)
 
     def count(self, audit: JobAudit) -> None:
         """Add one audited job to the totals."""
@@ -104,7 +105,14 @@ class AuditSummary:
         self.events += audit.replayed.event_count
         self.archived += bool(audit.archived_to)
         if audit.problems:
-            self.failing.append(audit)
+            self.failing.append(audit.summary())
+
+    def merge(self, other: AuditSummary) -> None:
+        """Add another (partial) audit's totals to these."""
+        self.jobs += other.jobs
+        self.events += other.events
+        self.archived += other.archived
+        self.failing.extend(other.failing)
 
 
 async def job_ids(
@@ -138,28 +146,56 @@ def raw_client(client: aioredis.Redis) -> aioredis.Redis:
     return raw
 
 
-async def raw_entries(
+async def raw_batches(
     client: aioredis.Redis, key: str, *, start: str = "-", end: str = "+"
-) -> AsyncIterator[tuple[str, list[bytes]]]:
-    """Every entry of a stream from `start` to `end` as (id, flat fields), in batches."""
+) -> AsyncIterator[list[tuple[str, list[bytes]]]]:
+    """Every entry of a stream from `start` to `end` as (id, flat fields), a batch at a time."""
     raw = raw_client(client)
     low = start
     while True:
-        batch = cast(
-            list[list[Any]],
-            await raw.xrange(key, min=low, max=end, count=READ_BATCH),
-        )
-        for stream_id, flat in batch:
-            # A client made with decode_responses gives str: the digests need the bytes.
-            yield (
+        batch = cast(list[list[Any]], await raw.xrange(key, min=low, max=end, count=READ_BATCH))
+        # A client made with decode_responses gives str: the digests need the bytes.
+        yield [
+            (
                 _text(stream_id),
-                flat
-                if not flat or isinstance(flat[0], bytes)
-                else [_bytes(value) for value in flat],
+                flat if not flat or isinstance(flat[0], bytes) else [_bytes(v) for v in flat],
             )
+            for stream_id, flat in batch
+        ]
         if len(batch) < READ_BATCH:
             return
         low = "(" + _text(batch[-1][0])
+
+
+async def raw_entries(
+    client: aioredis.Redis, key: str, *, start: str = "-", end: str = "+"
+) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """Every entry of a stream from `start` to `end` as (id, flat fields)."""
+    async for batch in raw_batches(client, key, start=start, end=end):
+        for entry in batch:
+            yield entry
+
+
+async def prefetched(
+    batches: AsyncIterator[list[tuple[str, list[bytes]]]], depth: int = 2
+) -> AsyncIterator[list[tuple[str, list[bytes]]]]:
+    """`batches`, read ahead by a task so the next one is on its way while one is checked."""
+    queue: asyncio.Queue[list[tuple[str, list[bytes]]] | None] = asyncio.Queue(maxsize=depth)
+
+    async def pump() -> None:
+        try:
+            async for batch in batches:
+                await queue.put(batch)
+        finally:
+            await queue.put(None)
+
+    reader = asyncio.create_task(pump())
+    try:
+        while (batch := await queue.get()) is not None:
+            yield batch
+        await reader  # re-raises a read error
+    finally:
+        reader.cancel()
 
 
 def _decoded(mapping: dict[bytes | str, bytes | str]) -> dict[str, str]:
@@ -332,11 +368,14 @@ async def audit_all(
     since_ms: int | None = None,
     check_streams: bool = True,
     on_job: Callable[[JobAudit], None] | None = None,
+    share: tuple[int, int] | None = None,
 ) -> AuditSummary:
     """Audit one job or every job; `on_job` sees each result as it comes.
 
     Without `since_ms` every job of the index is audited, including the ones the global
     stream misses; with it, the jobs submitted since then that the global stream holds.
+    `share` (index, count) audits only the jobs `job_share` gives to `index`
+    (`statemachine.audit_parallel` runs `count` of them side by side).
     """
     summary = AuditSummary()
 
@@ -349,23 +388,35 @@ async def audit_all(
         count(await audit_job(store, ring, only_job, check_streams=check_streams))
         return summary
     archives = await load_archive_records(store.client, store.keys, ring)
-    for problem in (record.problem for record in archives.values() if record.problem):
-        count(JobAudit(ReplayedJob("(archive)"), None, [TamperError("(archive)", "", problem)]))
+    if share is None or share[0] == 0:
+        for problem in (record.problem for record in archives.values() if record.problem):
+            count(JobAudit(ReplayedJob("(archive)"), None, [TamperError("(archive)", "", problem)]))
     checker = _Checker(store, ring, archives, check_streams=check_streams, on_job=count)
     partial = "skip" if since_ms is not None else ("anchor" if archives else "report")
-    history = HistoryPass(ring, checker.add, partial=partial)
+    history = HistoryPass(ring, checker.add, partial=partial, share=share)
     start = "-" if since_ms is None else f"{since_ms}-0"
-    async for stream_id, flat in raw_entries(store.client, store.keys.events, start=start):
-        history.add(stream_id, flat)
+    # While Python checks one batch, Redis prepares the next read and the checks of the jobs
+    # that finished before: one check in flight at a time keeps memory bounded.
+    in_flight: asyncio.Task[None] | None = None
+    async for batch in prefetched(raw_batches(store.client, store.keys.events, start=start)):
+        for stream_id, flat in batch:
+            history.add(stream_id, flat)
         if checker.full:
-            await checker.flush()
+            if in_flight is not None:
+                await in_flight
+            in_flight = asyncio.create_task(checker.flush())
     history.finish()
+    if in_flight is not None:
+        await in_flight
     await checker.flush()
     if since_ms is not None:
         return summary
     # Jobs of the index the global stream never mentioned: archived ones, or tampering.
     seen = history.seen
     async for job_id in job_ids(store.client, store):
-        if job_id not in seen:
-            count(await checker.slow(job_id, await store.snapshot(job_id), []))
+        if job_id in seen:
+            continue
+        if share is not None and job_share(job_id.encode(), share[1]) != share[0]:
+            continue
+        count(await checker.slow(job_id, await store.snapshot(job_id), []))
     return summary

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 import redis.asyncio as aioredis
@@ -29,7 +29,8 @@ from core.keyring import KeyRing, load_keyring
 from core.keys import RedisKeys
 from core.settings import CommonSettings, redis_url_or_local
 from statemachine.archive import ArchiveRefused, archive_history
-from statemachine.audit import AuditSummary, JobAudit, audit_all
+from statemachine.audit import AuditSummary, audit_all
+from statemachine.audit_parallel import PARALLEL_FROM_EVENTS, ParallelAuditError, audit_in_parallel
 from statemachine.export import export_events, verify_export
 from statemachine.store import EventStore
 
@@ -108,6 +109,12 @@ def audit() -> None:
 
 
 _job = click.option("--job", "job", default=None, help="Only this job id.")
+_workers = click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes to check with (default: one per core, from 100,000 events on).",
+)
 _json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
@@ -115,7 +122,8 @@ _json = click.option("--json", "as_json", is_flag=True, help="Machine-readable o
 @_job
 @click.option("--since", default=None, help="Jobs submitted since (epoch ms or ISO).")
 @_json
-def replay(job: str | None, since: str | None, as_json: bool) -> None:
+@_workers
+def replay(job: str | None, since: str | None, as_json: bool, workers: int | None) -> None:
     """Rebuild every job's state from its events alone and print it."""
     common = CommonSettings.from_env(os.environ)
     since_ms = parse_time(since)
@@ -125,8 +133,7 @@ def replay(job: str | None, since: str | None, as_json: bool) -> None:
             f"{'DURATION':>9}  {'BY':<12} SUBMITTED (UTC)"
         )
 
-    def show(audit: JobAudit) -> None:
-        row = audit.summary()
+    def show(row: dict[str, Any]) -> None:
         if as_json:
             click.echo(json.dumps(row, sort_keys=True))
             return
@@ -140,12 +147,51 @@ def replay(job: str | None, since: str | None, as_json: bool) -> None:
             f"{row['requested_by'][:12]:<12} {_time(row['created_at'])}" + marks
         )
 
-    _with_store(
-        common,
-        lambda store, ring: audit_all(
-            store, ring, only_job=job, since_ms=since_ms, check_streams=False, on_job=show
-        ),
-    )
+    _audit(common, job=job, since_ms=since_ms, check_streams=False, on_row=show, workers=workers)
+
+
+def _audit(
+    common: CommonSettings,
+    *,
+    job: str | None,
+    since_ms: int | None,
+    check_streams: bool,
+    on_row: Callable[[dict[str, Any]], None] | None,
+    workers: int | None,
+) -> AuditSummary:
+    """One job, or every job: in this process, or split over processes for a long history."""
+
+    async def in_process(store: EventStore, ring: KeyRing) -> AuditSummary | None:
+        if workers != 1 and not job:
+            length = int(await store.client.xlen(store.keys.events))
+            if (workers or 0) > 1 or (workers is None and length >= PARALLEL_FROM_EVENTS):
+                return None  # the parallel audit below
+        return await audit_all(
+            store,
+            ring,
+            only_job=job,
+            since_ms=since_ms,
+            check_streams=check_streams,
+            on_job=None if on_row is None else (lambda audit: on_row(audit.summary())),
+        )
+
+    summary = _with_store(common, in_process)
+    if summary is not None:
+        return summary
+    count = workers or max(2, min(4, os.cpu_count() or 2))
+    try:
+        return audit_in_parallel(
+            redis_url_or_local(common),
+            common.namespace,
+            _ring(common),
+            workers=count,
+            since_ms=since_ms,
+            check_streams=check_streams,
+            on_row=on_row,
+        )
+    except ParallelAuditError as error:
+        _fail(str(error), EXIT_UNREACHABLE)
+        raise AssertionError from error
 
 
 def _report(
@@ -208,7 +254,8 @@ def _verify_file(path: Path, ring: KeyRing, as_json: bool) -> None:
     help="Verify this export offline (key ring only, no Redis).",
 )
 @_json
-def verify(job: str | None, file_: Path | None, as_json: bool) -> None:
+@_workers
+def verify(job: str | None, file_: Path | None, as_json: bool, workers: int | None) -> None:
     """Check every job's chain, macs, transitions, snapshot and both streams; exit 1 if not."""
     common = CommonSettings.from_env(os.environ)
     if file_ is not None:
@@ -216,18 +263,16 @@ def verify(job: str | None, file_: Path | None, as_json: bool) -> None:
             _fail("--job and --file do not go together")
         _verify_file(file_, _ring(common), as_json)
         return
-    summary = _with_store(
-        common, lambda store, ring: audit_all(store, ring, only_job=job, check_streams=True)
+    summary = _audit(
+        common, job=job, since_ms=None, check_streams=True, on_row=None, workers=workers
     )
-    if job and summary.jobs == 1 and not summary.events and not summary.archived:
-        only = summary.failing[0] if summary.failing else None
-        if only is None or only.snapshot is None:
-            click.echo(f"no job {job}", err=True)
-            sys.exit(EXIT_PROBLEMS)
+    if job and summary.jobs == 1 and not (summary.events or summary.archived or summary.failing):
+        click.echo(f"no job {job}", err=True)
+        sys.exit(EXIT_PROBLEMS)
     problems = [
-        {"job_id": p.job_id, "event_id": p.event_id, "problem": p.problem}
-        for audit in summary.failing
-        for p in audit.problems
+        {"job_id": row["job_id"], "event_id": p["event_id"], "problem": p["problem"]}
+        for row in summary.failing
+        for p in row["problems"]
     ]
     _report(summary, problems, as_json, "Redis")
 

@@ -14,6 +14,7 @@ compare each job's own stream with the global copy without reading it in full.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -30,6 +31,21 @@ FIELD_SEPARATOR: Final = b"\x1e"
 def entry_digest(flat: Sequence[bytes]) -> str:
     """The digest of one raw stream entry's fields (names and values, in stored order)."""
     return hashlib.sha1(FIELD_SEPARATOR.join(flat), usedforsecurity=False).hexdigest()
+
+
+def _job_id_of(flat: Sequence[bytes]) -> bytes:
+    # The store writes `job_id` third; look further only for an entry written otherwise.
+    if len(flat) > 5 and flat[4] == b"job_id":
+        return flat[5]
+    for position in range(0, len(flat) - 1, 2):
+        if flat[position] == b"job_id":
+            return flat[position + 1]
+    return b""
+
+
+def job_share(job_id: bytes, count: int) -> int:
+    """Which of `count` parallel passes checks this job (stable across processes)."""
+    return zlib.crc32(job_id) % count
 
 
 @dataclass(slots=True)
@@ -78,9 +94,13 @@ class HistoryPass:
         on_job: Callable[[PassedJob], None],
         *,
         partial: str = "report",
+        share: tuple[int, int] | None = None,
     ) -> None:
         if partial not in ("report", "anchor", "skip"):
             raise ValueError(f"partial must be report, anchor or skip, not {partial!r}")
+        # (index, count): this pass checks only the jobs `job_share` gives to `index`, so
+        # `count` processes can split one history between them.
+        self._share = share
         self._ring = ring
         self._on_job = on_job
         self._partial = partial
@@ -97,6 +117,11 @@ class HistoryPass:
 
     def add(self, stream_id: str, flat: Sequence[bytes]) -> None:
         """One raw entry of the global stream: field names and values, alternating."""
+        if (
+            self._share is not None
+            and job_share(_job_id_of(flat), self._share[1]) != self._share[0]
+        ):
+            return
         self.events += 1
         digest = entry_digest(flat)
         try:

@@ -136,6 +136,8 @@ def snapshot_drift(replayed: ReplayedJob, stored: Mapping[str, str] | None) -> l
         return []
     expected = replayed.snapshot
     actual = derived_view(stored)
+    if actual == expected:
+        return []
     problems: list[TamperError] = []
     for name in sorted(set(expected) | set(actual)):
         if expected.get(name) != actual.get(name):

@@ -236,3 +236,41 @@ async def make_more(store: EventStore) -> None:
         effects=[IndexJob(store.keys.jobs_index, 5_000, job_id)],
     )
     await store.transition(job_id, "verify", actor="agent:a")
+
+
+async def test_an_audit_split_over_processes_finds_what_one_process_finds(
+    tmp_path, redis_url, namespace, store, redis_client
+):
+    ids = await make_jobs(store)
+    for number in range(20):
+        await make_more_numbered(store, number)
+    victim = ids["retried"]
+    await redis_client.hset(store.keys.job(victim), "attempt", "7")
+    outputs = {}
+    for workers in ("1", "3"):
+        code, out, err = await audit(
+            tmp_path, redis_url, namespace, "verify", "--json", "--workers", workers
+        )
+        assert code == 1, err
+        outputs[workers] = json.loads(out)
+    assert outputs["1"] == outputs["3"]
+    assert outputs["3"]["jobs"] == 23 and outputs["3"]["problems"][0]["job_id"] == victim
+    rows = {}
+    for workers in ("1", "3"):
+        code, out, err = await audit(
+            tmp_path, redis_url, namespace, "replay", "--json", "--workers", workers
+        )
+        assert code == 0, err
+        rows[workers] = sorted(out.splitlines())
+    assert rows["1"] == rows["3"] and len(rows["3"]) == 23
+
+
+async def make_more_numbered(store: EventStore, number: int) -> None:
+    job_id = f"01K{number:023d}"
+    await store.create_job(
+        job_id,
+        actor="panel:bob",
+        detail={"app_id": "hello", "target": "local", "requested_by": "bob"},
+        effects=[IndexJob(store.keys.jobs_index, 2_000 + number, job_id)],
+    )
+    await store.transition(job_id, "cancel", actor="panel:bob", detail={"reason": "cancelled"})
