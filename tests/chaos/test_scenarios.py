@@ -199,6 +199,27 @@ async def test_3_redis_stopped_and_killed_loses_no_acknowledged_job(make_world):
     assert report.acknowledged >= jobs // 2
 
 
+@pytest.mark.timeout(300)
+async def test_3_a_run_that_ends_while_redis_is_down_is_recorded_once_not_run_again(make_world):
+    # The outcome cannot be written while Redis is down; the agent must keep it and write it
+    # once Redis is back, not leave the entry to be reclaimed as agent_lost and run twice.
+    world = await make_world(fsync="always", lease_s=2.0)
+    app = world.app("brief", sleep_s=1, retry=FAST_RETRY)
+    world.start_agent("agent-a")
+    await world.submit_many([app], 1)
+    await wait_until(world.job_ids_in_effects, timeout_s=30, message="the run started")
+    world.stop_redis()
+    await asyncio.sleep(5)  # the run ends meanwhile, and the outage outlasts the lease
+    world.start_redis()
+    await world.drain(timeout_s=120)
+    report = await world.check()
+    world.summarise("3-outcome-during-outage", report)
+    assert_clean(world, report)
+    assert report.runs == 1
+    job_id = world.submissions[0].job_id
+    assert [e.trigger for e in await events_of(world, job_id)][-2:] == ["start", "succeed"]
+
+
 # --- 4 ----------------------------------------------------------------------------------------
 
 
