@@ -49,6 +49,7 @@ from tests.chaos.checker import (
 NAMESPACE: Final = "chaos"
 SUBMIT_TIMEOUT_S: Final = 10.0
 SUPERVISE_S: Final = 0.2
+UNAVAILABLE_PAUSE_S: Final = 0.2
 ARTIFACTS: Final = Path(__file__).resolve().parents[2] / "test-artifacts" / "chaos"
 
 
@@ -127,7 +128,8 @@ class Summary:
 
     scenario: str
     size: str
-    jobs_submitted: int
+    acknowledged: int
+    submissions: int
     faults: dict[str, int]
     lost: int
     duplicated: int
@@ -140,7 +142,8 @@ class Summary:
         """The one-line summary."""
         faults = ", ".join(f"{k}={v}" for k, v in self.faults.items()) or "none"
         return (
-            f"chaos {self.scenario} [{self.size}]: jobs={self.jobs_submitted} faults: {faults}; "
+            f"chaos {self.scenario} [{self.size}]: jobs={self.acknowledged} "
+            f"(of {self.submissions} submissions) faults: {faults}; "
             f"lost={self.lost} duplicated={self.duplicated} extra_runs={self.extra_runs} "
             f"reruns_after_agent_death={self.reruns_after_agent_death} "
             f"in {self.duration_s:.1f}s"
@@ -361,8 +364,15 @@ class Chaos:
 
     # --- submitting -------------------------------------------------------------------------
 
-    async def submit_many(self, app_ids: list[str], count: int, *, parallel: int = 4) -> None:
-        """POST `count` installs round-robin over `app_ids`, `parallel` at a time."""
+    async def submit_many(
+        self, app_ids: list[str], count: int, *, parallel: int = 4, until_answered: bool = False
+    ) -> None:
+        """POST `count` installs round-robin over `app_ids`, `parallel` at a time.
+
+        With `until_answered`, a submission whose answer is unknown (503, no answer) is sent
+        again after a pause, as a client would, until the panel acknowledges or refuses it;
+        every try is in the submit log.
+        """
         queue: asyncio.Queue[str] = asyncio.Queue()
         for n in range(count):
             queue.put_nowait(app_ids[n % len(app_ids)])
@@ -372,7 +382,11 @@ class Chaos:
 
             async def worker() -> None:
                 while not queue.empty():
-                    await self.submit(session, queue.get_nowait())
+                    app_id = queue.get_nowait()
+                    while (await self.submit(session, app_id)).outcome == "unknown":
+                        if not until_answered:
+                            break
+                        await asyncio.sleep(UNAVAILABLE_PAUSE_S)
 
             await asyncio.gather(*(worker() for _ in range(parallel)))
 
@@ -476,7 +490,8 @@ class Chaos:
         summary = Summary(
             scenario=scenario,
             size="full" if full_size() else "ci",
-            jobs_submitted=len(self.submissions),
+            acknowledged=report.acknowledged,
+            submissions=len(self.submissions),
             faults=dict(self.faults),
             lost=len(report.lost),
             duplicated=len(report.multiple_terminal),
