@@ -321,6 +321,27 @@ def _quote(value: str) -> str:
     return f'"{escaped}"'
 
 
+def configured_socket(data_dir: Path) -> Path | None:
+    """The socket a server started on `data_dir` listens on, if that socket exists now.
+
+    Read from the config the launcher wrote, since a deep data folder puts the socket in a
+    short private folder elsewhere. None when there is no config or no live socket.
+    """
+    try:
+        lines = (data_dir / CONFIG_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if name != "unixsocket":
+            continue
+        if value.startswith('"') and value.endswith('"'):
+            value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        socket_path = Path(value)
+        return socket_path if socket_path.is_socket() else None
+    return None
+
+
 def _socket_location(data_dir: Path) -> tuple[Path, Path | None]:
     """The socket path, and the private folder made for it when the data path is too long."""
     socket_path = data_dir / SOCKET_FILE

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from core.errors import SettingsError
 from core.keys import DEFAULT_NAMESPACE
+from core.redis_launcher import configured_socket
 
 FsyncPolicy = Literal["everysec", "always"]
 
@@ -124,6 +126,10 @@ class CommonSettings:
         )
 
 
+# The folder of the data folder where `provision up` keeps its Redis.
+LOCAL_REDIS_FOLDER = "redis"
+
+
 def redis_url_or_local(common: CommonSettings) -> str:
     """PROV_REDIS_URL, else the socket `provision up` leaves in the data folder.
 
@@ -131,14 +137,14 @@ def redis_url_or_local(common: CommonSettings) -> str:
     """
     if common.redis_url:
         return common.redis_url
-    socket_path = (common.data_dir / "redis.sock").resolve()
-    if not socket_path.exists():
+    socket_path = configured_socket((common.data_dir / LOCAL_REDIS_FOLDER).resolve())
+    if socket_path is None:
         raise SettingsError(
             "PROV_REDIS_URL",
             f"not set, and no local Redis runs in {common.data_dir} "
             "(set it, e.g. redis://127.0.0.1:6379/0)",
         )
-    return f"unix://{socket_path}"
+    return "unix://" + quote(str(socket_path))
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from core.keyring import append_new_key
 from core.keys import RedisKeys
 from core.redis_conn import connect
 from core.redis_launcher import RedisServer, start_redis
-from core.settings import PanelSettings
+from core.settings import LOCAL_REDIS_FOLDER, PanelSettings
 from panel.access import Role
 from panel.tokens import TokenStore
 from panel.users import UserStore
@@ -179,7 +179,7 @@ def _prepare(settings: PanelSettings) -> tuple[Path, Path, str, RedisServer | No
     if common.redis_url:
         _say("using the Redis at PROV_REDIS_URL")
         return data_dir, keys_file, common.redis_url, None
-    server = start_redis(data_dir / "redis", fsync=common.redis_fsync)
+    server = start_redis(data_dir / LOCAL_REDIS_FOLDER, fsync=common.redis_fsync)
     _say(f"started Redis (pid {server.pid}) with its data in {server.data_dir}")
     return data_dir, keys_file, server.url, server
 

@@ -274,3 +274,26 @@ async def test_up_creates_the_admin_once_and_shows_the_one_time_password_once(up
     await wait_until(lambda: _ready(up), timeout_s=60, message="provision up is back")
     assert up.output().count("one-time password") == 1  # not created (nor shown) again
     assert (up.data_dir / "admin.token").read_text().strip() == token  # still valid, kept
+
+
+async def test_the_operator_commands_find_the_redis_up_started_from_the_data_folder_alone(up):
+    """`provision audit`, `users` and `tokens` next to `provision up`, with no PROV_REDIS_URL."""
+    async with aiohttp.ClientSession(headers=up.headers()) as session:
+        _, body = await api(session, "POST", f"{up.url}/api/install", json={"app_id": "hello"})
+        await wait_job(session, up, body["job_id"], TERMINAL)
+    env = {key: value for key, value in up.env.items() if key != "PROV_REDIS_URL"}
+    for argv, expected in (
+        (["audit", "verify"], "every record holds"),
+        (["audit", "replay"], body["job_id"]),
+        (["users", "list"], "admin"),
+    ):
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "core", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert expected in done.stdout + done.stderr

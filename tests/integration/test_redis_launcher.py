@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from core import redis_launcher
-from core.errors import RedisLaunchError, RedisServerNotFound
+from core.errors import RedisLaunchError, RedisServerNotFound, SettingsError
 from core.redis_conn import connect_sync
 from core.redis_launcher import (
     AOF_DIR_V7,
@@ -20,9 +20,11 @@ from core.redis_launcher import (
     PID_FILE,
     RedisServer,
     bundled_redis_server,
+    configured_socket,
     find_redis_server,
     start_redis,
 )
+from core.settings import CommonSettings, redis_url_or_local
 
 pytestmark = pytest.mark.redis
 
@@ -185,7 +187,25 @@ def test_a_long_data_dir_gets_a_short_private_socket_that_stop_removes(tmp_path,
         assert runtime_dir.stat().st_mode & 0o777 == 0o700
         assert len(os.fsencode(server.socket_path)) <= MAX_SOCKET_PATH_BYTES
         assert config(server, "dir") == str(data_dir)
+        # Commands next to `provision up` find the socket through the config.
+        assert configured_socket(data_dir) == server.socket_path
     assert not runtime_dir.exists()
+    assert configured_socket(data_dir) is None
+
+
+def test_the_local_redis_of_a_data_folder_is_found_without_a_url(tmp_path, binary):
+    data_folder = tmp_path / "with space" / 'and "quote'
+    common = CommonSettings.from_env({"PROV_DATA_DIR": str(data_folder)})
+    with pytest.raises(SettingsError, match="no local Redis runs"):
+        redis_url_or_local(common)
+    with start_redis(data_folder / "redis", binary=binary) as server:
+        url = redis_url_or_local(common)
+        client = connect_sync(url)
+        try:
+            assert client.ping()
+        finally:
+            client.close()
+        assert configured_socket(data_folder / "redis") == server.socket_path
 
 
 def test_a_second_server_on_a_live_data_dir_is_refused(tmp_path, binary):
