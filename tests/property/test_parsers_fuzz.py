@@ -165,6 +165,14 @@ def test_a_detail_with_a_lone_surrogate_escape_is_tampering_not_a_crash():
     _parse_and_replay(fields)
 
 
+def test_a_mac_with_non_ascii_text_is_a_bad_mac_not_a_crash():
+    event = event_from_fields({**_real_event_fields({}), "mac": "é" * 64})
+    assert integrity_problems(event, RING) == ["bad mac"]
+    assert [problem.problem for problem in replay_events(JOB_ID, [event], RING).problems] == [
+        "bad mac"
+    ]
+
+
 def _parse_and_replay(fields: dict[Any, Any]) -> None:
     parsed: list[Event] = []
     error = refusal(
