@@ -50,6 +50,9 @@ EXPIRY_PAGE: Final = 1000
 EXPIRY_SWEEP_S: Final = 30.0
 # Envelope lifetimes are at most 30 days (PROV_JOB_TTL_S); older jobs cannot still be queued.
 EXPIRY_WINDOW_MS: Final = 31 * 86_400_000
+# The expiry sweep reads again only jobs newer than this, or older but unfinished (see
+# _expire_queued): margin for a panel whose clock is behind ours.
+EXPIRY_RESCAN_MS: Final = 10 * 60_000
 CATALOGUE_REFRESH_S: Final = 30.0
 READ_BLOCK_MS: Final = 2000  # well under the client's socket timeout
 HEARTBEAT_S: Final = 3.0
@@ -86,6 +89,7 @@ class Agent:
         self._lease_ms = int(settings.lease_s * 1000)
         self._apps: list[str] | None = None
         self._apps_loaded_at = 0.0
+        self._expiry_floor_ms = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -393,24 +397,36 @@ class Agent:
 
         An agent fails such a job when it reads the entry; this catches the ones no agent
         reads: a target whose agents are gone, an entry lost to a trimmed stream.
+
+        A finished job never comes back, so the sweep remembers a floor below which every job
+        was finished last time and starts there: its cost follows the recent and unfinished
+        jobs, not the history (with 200,000 finished jobs, reading them all every 30 s cost
+        the job path a third of its throughput and 160 ms at p99).
         """
         now = now_ms()
-        window_start = now - EXPIRY_WINDOW_MS
+        window_start = max(now - EXPIRY_WINDOW_MS, self._expiry_floor_ms)
+        oldest_open = now
         offset = 0
         while True:
-            ids = cast(
-                list[bytes],
+            page = cast(
+                list[tuple[bytes, float]],
                 await self._client.zrangebyscore(
-                    self._keys.jobs_index, window_start, now, start=offset, num=EXPIRY_PAGE
+                    self._keys.jobs_index,
+                    window_start,
+                    now,
+                    start=offset,
+                    num=EXPIRY_PAGE,
+                    withscores=True,
                 ),
             )
-            if not ids:
-                return
+            ids = [raw for raw, _score in page]
             async with self._client.pipeline(transaction=False) as pipe:
                 for raw in ids:
                     pipe.hmget(self._keys.job(_text(raw)), ["state", "expires_at"])
-                rows = cast(list[list[bytes | None]], await pipe.execute())
-            for raw, (state, expires_at) in zip(ids, rows, strict=True):
+                rows = cast(list[list[bytes | None]], await pipe.execute()) if ids else []
+            for (raw, score), (state, expires_at) in zip(page, rows, strict=True):
+                if state is not None and state not in (b"succeeded", b"failed"):
+                    oldest_open = min(oldest_open, int(score))
                 if state != b"queued" or not expires_at or int(expires_at) >= now:
                     continue
                 try:
@@ -427,8 +443,9 @@ class Agent:
                     continue  # an agent took it meanwhile
                 self.metrics.decided("", Fail(Reason.EXPIRED))
             if len(ids) < EXPIRY_PAGE:
-                return
+                break
             offset += len(ids)
+        self._expiry_floor_ms = min(oldest_open, now - EXPIRY_RESCAN_MS)
 
     async def _watch_cancels(self) -> None:
         running = list(self._processor.running.values())

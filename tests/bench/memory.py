@@ -103,7 +103,7 @@ async def measure(queued: int) -> dict[str, Sampled | float]:
     floor_process = Process(floor, Path("/dev/null"))
     rss, hwm = floor_process.memory_kib()
     floor.wait()
-    results["floor: interpreter with the same libraries"] = Sampled(rss, hwm)
+    results["floor: python + the panel's libraries"] = Sampled(rss, hwm)
     with world(prefix="memory") as built:
         port = free_port()
         agent = built.start_agent("bench-memory", concurrency=2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import subprocess
 import sys
@@ -205,7 +206,8 @@ def peer_run(built: World, kind: str, count: int) -> float:
         argv = [str(bin_dir / "dramatiq"), "tests.bench.peer_dramatiq", "-p", "2", "-t", "1"]
         module_name, done_key = "tests.bench.peer_dramatiq", "bench:dramatiq:done"
     os.environ.update(BENCH_REDIS_URL=built.url, BENCH_SCRIPT=str(built.script()))
-    module = __import__(module_name, fromlist=["noop"])
+    # Reloaded each time: the module binds its broker to this round's Redis when it runs.
+    module = importlib.reload(importlib.import_module(module_name))
     worker = Process.start(argv, env, built.folder / f"{kind}.log")
     built.processes.append(worker)
     import redis
