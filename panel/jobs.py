@@ -23,6 +23,12 @@ from core.reasons import Reason
 from core.signing import JOB_ID_PATTERN
 from core.validation import validate_inputs
 from panel.producer import SubmittedJob, submit_job
+from statemachine.archive_record import (
+    load_archive_records,
+    pointer_archive_id,
+    pointer_problem,
+)
+from statemachine.audit import ARCHIVED_TO
 from statemachine.events import Event, event_from_fields
 from statemachine.machine import QUEUED, RETRY_WAIT, STATES, TERMINAL_STATES
 from statemachine.replay import replay_job, snapshot_drift
@@ -226,10 +232,25 @@ class JobService:
         """
         replayed = await replay_job(self._store, self._ring_source(), job_id)
         snapshot = await self._store.snapshot(job_id)
-        archived_to = (snapshot or {}).get("archived_to", "")
-        if archived_to and not replayed.event_count:
-            # The events left with an archive; the CLI checks the archive record and file.
-            return JobVerification(events=0, problems=[], archived_to=archived_to)
+        pointer = (snapshot or {}).get(ARCHIVED_TO, "")
+        if pointer and not replayed.event_count:
+            # The events left with an archive: the pointer must be one the archive made for
+            # this job (the CLI checks the archive file itself).
+            ring = self._ring_source()
+            archives = await load_archive_records(self._client, self._keys, ring)
+            problem = pointer_problem(
+                ring,
+                pointer,
+                job_id=job_id,
+                last_hash=(snapshot or {}).get("last_hash", ""),
+                archives=archives,
+            )
+            return JobVerification(
+                events=0,
+                problems=[("", problem)] if problem else [],
+                archived_to=pointer_archive_id(pointer),
+            )
+        archived_to = pointer_archive_id(pointer) if pointer else ""
         problems = [*replayed.problems, *snapshot_drift(replayed, snapshot)]
         return JobVerification(
             events=replayed.event_count,

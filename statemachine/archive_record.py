@@ -85,3 +85,41 @@ async def load_archive_records(
         archive_id = key.decode("utf-8", "replace")
         records[archive_id] = _parse(archive_id, value.decode("utf-8", "replace"), ring)
     return records
+
+
+def archive_pointer(ring: KeyRing, archive_id: str, job_id: str, last_hash: str) -> str:
+    """The `archived_to` value of a job: the archive id, MACed together with the job.
+
+    `<archive id>:<kid>:<mac>`, the MAC over archive id, job id and the job's last event
+    hash, so a pointer can neither be invented nor moved to another job without the key.
+    """
+    kid, mac = sign(ring, _pointer_payload(archive_id, job_id, last_hash))
+    return f"{archive_id}:{kid}:{mac}"
+
+
+def pointer_archive_id(pointer: str) -> str:
+    """The archive id a pointer names."""
+    return pointer.split(":", 1)[0]
+
+
+def pointer_problem(
+    ring: KeyRing,
+    pointer: str,
+    *,
+    job_id: str,
+    last_hash: str,
+    archives: dict[str, ArchiveRecord],
+) -> str | None:
+    """Why a job's `archived_to` cannot be trusted, or None when it holds."""
+    archive_id, _, signed = pointer.partition(":")
+    kid, _, mac = signed.partition(":")
+    if archive_id not in archives:
+        return f"archived to {archive_id!r}, an unknown archive"
+    problem = signature_problem(ring, kid, _pointer_payload(archive_id, job_id, last_hash), mac)
+    if problem is not None:
+        return f"archive pointer: {problem} (not made for this job and its last event)"
+    return None
+
+
+def _pointer_payload(archive_id: str, job_id: str, last_hash: str) -> bytes:
+    return f"archived|{archive_id}|{job_id}|{last_hash}".encode()

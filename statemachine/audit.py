@@ -24,7 +24,12 @@ import redis.asyncio as aioredis
 
 from core.errors import TamperError
 from core.keyring import KeyRing
-from statemachine.archive_record import ArchiveRecord, load_archive_records
+from statemachine.archive_record import (
+    ArchiveRecord,
+    load_archive_records,
+    pointer_archive_id,
+    pointer_problem,
+)
 from statemachine.history import HistoryPass, PassedJob, entry_digest, job_share
 from statemachine.replay import ReplayedJob, replay_job, snapshot_drift
 from statemachine.store import EventStore
@@ -36,6 +41,12 @@ CHECK_BATCH: Final = 500
 
 # Snapshot fields that point to the archive holding an archived job's events.
 ARCHIVED_TO: Final = "archived_to"
+
+
+def _number(text: str | None) -> int:
+    # Snapshot fields are strings anyone with Redis access could have edited: a table row
+    # must not fail on one.
+    return int(text) if text and text.isascii() and text.isdigit() and len(text) <= 19 else 0
 
 
 def _text(value: bytes | str) -> str:
@@ -53,6 +64,8 @@ class JobAudit:
     replayed: ReplayedJob
     snapshot: dict[str, str] | None
     problems: list[TamperError] = field(default_factory=list)
+    # A second record of a job already counted (events after it had ended).
+    extra: bool = False
 
     @property
     def job_id(self) -> str:
@@ -61,21 +74,22 @@ class JobAudit:
 
     @property
     def archived_to(self) -> str:
-        """The archive holding the job's events when they left Redis, else ""."""
-        return (self.snapshot or {}).get(ARCHIVED_TO, "")
+        """The id of the archive holding the job's events when they left Redis, else ""."""
+        pointer = (self.snapshot or {}).get(ARCHIVED_TO, "")
+        return pointer_archive_id(pointer) if pointer else ""
 
     def summary(self) -> dict[str, Any]:
         """The job as the audit table shows it."""
         # An archived job has no events left in Redis: its row comes from the snapshot,
         # which the archive step checked against the events before they left.
         snapshot = self.replayed.snapshot if self.replayed.event_count else (self.snapshot or {})
-        created = int(snapshot.get("created_at", "0") or "0")
-        updated = int(snapshot.get("updated_at", "0") or "0")
+        created = _number(snapshot.get("created_at"))
+        updated = _number(snapshot.get("updated_at"))
         return {
             "job_id": self.job_id,
             "app_id": snapshot.get("app_id", ""),
             "state": self.replayed.state or snapshot.get("state", ""),
-            "attempts": int(snapshot.get("attempt", "0") or "0"),
+            "attempts": _number(snapshot.get("attempt")),
             "reason": snapshot.get("reason") or None,
             "duration_s": round((updated - created) / 1000, 3) if created else None,
             "requested_by": snapshot.get("requested_by", ""),
@@ -101,9 +115,10 @@ class AuditSummary:
 
     def count(self, audit: JobAudit) -> None:
         """Add one audited job to the totals."""
-        self.jobs += 1
+        if not audit.extra:
+            self.jobs += 1
+            self.archived += bool(audit.archived_to)
         self.events += audit.replayed.event_count
-        self.archived += bool(audit.archived_to)
         if audit.problems:
             self.failing.append(audit.summary())
 
@@ -209,39 +224,65 @@ def _event_id(flat: list[bytes]) -> str:
     return _text(dict(zip(flat[0::2], flat[1::2], strict=False)).get(b"event_id", b""))
 
 
-async def global_digests(store: EventStore, job_id: str) -> list[tuple[str, str]]:
-    """(event id, entry digest) of one job's entries in the global stream (reads all of it)."""
-    found: list[tuple[str, str]] = []
+async def global_entries(store: EventStore, ring: KeyRing, job_id: str) -> PassedJob:
+    """One job's entries in the global stream, replayed (reads all of the stream)."""
+    found: list[PassedJob] = []
+    history = HistoryPass(ring, found.append, partial="anchor")
     needle = job_id.encode()
-    client = store.client
-    async for _stream_id, flat in raw_entries(client, store.keys.events):
-        fields = dict(zip(flat[0::2], flat[1::2], strict=False))
-        if fields.get(b"job_id") == needle:
-            found.append((_event_id(flat), entry_digest(flat)))
-    return found
+    async for batch in raw_batches(store.client, store.keys.events):
+        for stream_id, flat in batch:
+            if (
+                needle in flat
+                and dict(zip(flat[0::2], flat[1::2], strict=False)).get(b"job_id") == needle
+            ):
+                history.add(stream_id, flat)
+    history.finish()
+    if not found:
+        return PassedJob(replayed=ReplayedJob(job_id))
+    first = found[0]
+    for later in found[1:]:
+        first.digests.extend(later.digests)
+        first.replayed.problems.extend(later.replayed.problems)
+        first.last_stream_id = later.last_stream_id
+    return first
+
+
+def _milliseconds(stream_id: str) -> int:
+    head = stream_id.partition("-")[0]
+    return int(head) if head.isdigit() else 0
 
 
 def stream_disagreement(
     job_id: str,
-    own: list[tuple[str, str]],
+    own: list[tuple[str, str, str]],
     seen: list[tuple[str, str]],
     *,
-    archived_prefix_ok: bool,
+    archive_cut_ms: int | None = None,
+    read_until_ms: int | None = None,
 ) -> list[TamperError]:
-    """How a job's own stream (`own`) and its global entries (`seen`) differ.
+    """How a job's own stream (`own`: entry id, event id, digest) and its global entries
+    (`seen`: event id, digest) differ.
 
-    With `archived_prefix_ok` (an archive trimmed the global stream), events missing from
-    the global stream are fine when they are the job's first ones and everything after them
-    agrees.
+    An event missing from the global stream is fine when an archive took it (its entry is
+    older than the newest archive's cut: the two copies of an event are written in one
+    script, in the same millisecond) or when it was written after the audit read that far.
     """
-    if own == seen:
-        return []
-    if archived_prefix_ok and len(seen) < len(own) and own[len(own) - len(seen) :] == seen:
+    seen_ids = {event_id for event_id, _digest in seen}
+    kept: list[tuple[str, str]] = []
+    for stream_id, event_id, digest in own:
+        if event_id not in seen_ids:
+            moment = _milliseconds(stream_id)
+            if archive_cut_ms is not None and moment <= archive_cut_ms:
+                continue
+            if read_until_ms is not None and moment > read_until_ms:
+                continue
+        kept.append((event_id, digest))
+    if kept == seen:
         return []
     problems: list[TamperError] = []
-    own_digest = dict(own)
+    own_digest = dict(kept)
     seen_digest = dict(seen)
-    for event_id, digest in own:
+    for event_id, digest in kept:
         if event_id not in seen_digest:
             problems.append(
                 TamperError(job_id, event_id, "missing event: not in the global stream")
@@ -258,6 +299,11 @@ def stream_disagreement(
     if not problems:
         problems.append(TamperError(job_id, "", "the two event streams order the job differently"))
     return problems
+
+
+def _triples(flat: list[Any]) -> list[tuple[str, str, str]]:
+    texts = [_text(value) for value in flat]
+    return list(zip(texts[0::3], texts[1::3], texts[2::3], strict=False))
 
 
 class _Checker:
@@ -278,6 +324,9 @@ class _Checker:
         self._check_streams = check_streams
         self._on_job = on_job
         self._waiting: list[PassedJob] = []
+        # Where the read of the global stream was (ms of its last entry read): own events
+        # written later are not missing from it, only not read yet.
+        self.read_until_ms: int | None = None
         self._digests = store.client.register_script(
             files("statemachine").joinpath("lua", "job_digests.lua").read_text(encoding="utf-8")
         )
@@ -294,6 +343,12 @@ class _Checker:
     async def flush(self) -> None:
         """Check every waiting job: one round trip for the batch, more only for a bad job."""
         batch, self._waiting = self._waiting, []
+        late = [passed for passed in batch if passed.late]
+        batch = [passed for passed in batch if not passed.late]
+        for passed in late:
+            self._on_job(
+                JobAudit(passed.replayed, None, list(passed.replayed.problems), extra=True)
+            )
         if not batch:
             return
         keys = self._store.keys
@@ -309,45 +364,96 @@ class _Checker:
         for index, passed in enumerate(batch):
             snapshot = _decoded(cast(dict[bytes | str, bytes | str], answers[index])) or None
             if self._check_streams:
-                own = own_lists[index]
-                if own != passed.flat_digests() or passed.anchored:
-                    self._on_job(await self.slow(passed.job_id, snapshot, passed.digests))
+                own = _triples(own_lists[index])
+                pairs = [(event_id, digest) for _sid, event_id, digest in own]
+                if pairs != passed.digests or passed.anchored:
+                    self._on_job(await self.slow(passed.job_id, snapshot, passed))
                     continue
+            elif passed.anchored or (snapshot or {}).get(ARCHIVED_TO):
+                self._on_job(await self.slow(passed.job_id, snapshot, passed))
+                continue
             audit = JobAudit(replayed=passed.replayed, snapshot=snapshot)
             audit.problems.extend(passed.replayed.problems)
             audit.problems.extend(snapshot_drift(passed.replayed, snapshot))
             self._on_job(audit)
 
+    @property
+    def archive_cut_ms(self) -> int | None:
+        """The newest cut of a trustworthy archive, or None without one."""
+        cuts = [record.before_ms for record in self._archives.values() if not record.problem]
+        return max(cuts) if cuts else None
+
     async def slow(
         self,
         job_id: str,
         snapshot: dict[str, str] | None,
-        seen: list[tuple[str, str]] | None,
+        passed: PassedJob | None,
+        *,
+        from_index: bool = False,
     ) -> JobAudit:
-        """Replay the job from its own stream and compare it with the global entries."""
+        """Replay the job from its own stream and compare it with its global entries."""
         store = self._store
         replayed = await replay_job(store, self._ring, job_id)
         audit = JobAudit(replayed=replayed, snapshot=snapshot)
-        archive_id = audit.archived_to
-        if archive_id and not replayed.event_count:
-            if archive_id not in self._archives:
-                audit.problems.append(
-                    TamperError(job_id, "", f"archived to {archive_id!r}, an unknown archive")
-                )
+        pointer = (snapshot or {}).get(ARCHIVED_TO, "")
+        if pointer and not replayed.event_count:
+            self._check_archived(audit, pointer, passed)
+            return audit
+        if from_index and snapshot is None and not replayed.event_count:
+            audit.problems.append(
+                TamperError(job_id, "", "in the job index, but has neither a record nor events")
+            )
             return audit
         audit.problems.extend(replayed.problems)
         audit.problems.extend(snapshot_drift(replayed, snapshot))
-        if self._check_streams and seen is not None:
+        if self._check_streams:
             own = [
-                (_event_id(flat), entry_digest(flat))
-                async for _stream_id, flat in raw_entries(
+                (stream_id, _event_id(flat), entry_digest(flat))
+                async for stream_id, flat in raw_entries(
                     store.client, store.keys.job_events(job_id)
                 )
             ]
             audit.problems.extend(
-                stream_disagreement(job_id, own, seen, archived_prefix_ok=bool(self._archives))
+                stream_disagreement(
+                    job_id,
+                    own,
+                    passed.digests if passed is not None else [],
+                    archive_cut_ms=self.archive_cut_ms,
+                    read_until_ms=self.read_until_ms,
+                )
             )
         return audit
+
+    def _check_archived(self, audit: JobAudit, pointer: str, passed: PassedJob | None) -> None:
+        """An archived job: its pointer must be the archive's own, made for this job."""
+        snapshot = audit.snapshot or {}
+        job_id = audit.job_id
+        problem = pointer_problem(
+            self._ring,
+            pointer,
+            job_id=job_id,
+            last_hash=snapshot.get("last_hash", ""),
+            archives=dict(self._archives),
+        )
+        if problem is not None:
+            audit.problems.append(TamperError(job_id, "", problem))
+        if passed is not None and passed.digests:
+            # Its global entries are still there only if the archive stopped before trimming;
+            # then they are all older than the archive's last entry, and still check out.
+            audit.problems.extend(passed.replayed.problems)
+            record = self._archives.get(pointer_archive_id(pointer))
+            if record is None or _later(passed.last_stream_id, record.last_entry_id):
+                audit.problems.append(
+                    TamperError(job_id, "", "global events written after the job was archived")
+                )
+
+
+def _later(stream_id: str, other: str) -> bool:
+    def key(identifier: str) -> tuple[int, int]:
+        head, _, tail = identifier.partition("-")
+        return (int(head) if head.isdigit() else 0, int(tail) if tail.isdigit() else 0)
+
+    return key(stream_id) > key(other)
 
 
 async def audit_job(
@@ -356,8 +462,10 @@ async def audit_job(
     """Audit one job on its own (reads the whole global stream to find its entries)."""
     archives = await load_archive_records(store.client, store.keys, ring)
     checker = _Checker(store, ring, archives, check_streams=check_streams, on_job=lambda _: None)
-    seen = await global_digests(store, job_id) if check_streams else None
-    return await checker.slow(job_id, await store.snapshot(job_id), seen)
+    newest = cast(list[tuple[bytes, Any]], await store.client.xrevrange(store.keys.events, count=1))
+    checker.read_until_ms = _milliseconds(_text(newest[0][0])) if newest else 0
+    passed = await global_entries(store, ring, job_id) if check_streams else None
+    return await checker.slow(job_id, await store.snapshot(job_id), passed)
 
 
 async def audit_all(
@@ -401,6 +509,8 @@ async def audit_all(
     async for batch in prefetched(raw_batches(store.client, store.keys.events, start=start)):
         for stream_id, flat in batch:
             history.add(stream_id, flat)
+        if batch:
+            checker.read_until_ms = _milliseconds(batch[-1][0])
         if checker.full:
             if in_flight is not None:
                 await in_flight
@@ -418,5 +528,5 @@ async def audit_all(
             continue
         if share is not None and job_share(job_id.encode(), share[1]) != share[0]:
             continue
-        count(await checker.slow(job_id, await store.snapshot(job_id), []))
+        count(await checker.slow(job_id, await store.snapshot(job_id), None, from_index=True))
     return summary

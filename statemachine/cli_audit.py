@@ -33,6 +33,7 @@ from statemachine.audit import AuditSummary, audit_all
 from statemachine.audit_parallel import PARALLEL_FROM_EVENTS, ParallelAuditError, audit_in_parallel
 from statemachine.export import export_events, verify_export
 from statemachine.store import EventStore
+from statemachine.webhook.options import redact_url
 
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
@@ -93,7 +94,7 @@ def _with_store(common: CommonSettings, work: Callable[[EventStore, KeyRing], Aw
     try:
         return asyncio.run(run())
     except (RedisError, OSError) as error:
-        _fail(f"cannot read Redis at {url}: {error}", EXIT_UNREACHABLE)
+        _fail(f"cannot read Redis at {redact_url(url)}: {error}", EXIT_UNREACHABLE)
         raise AssertionError from error
 
 

@@ -234,8 +234,8 @@ def _parse_detail(raw: str) -> tuple[object, str]:
         # key (the decoded object would be shorter) and no NaN (the encoder refuses it).
         if _CANONICAL.encode(value) == raw:
             return value, raw
-    except ValueError:
-        pass
+    except (ValueError, RecursionError):
+        pass  # strict_loads says why, as a StrictJSONError
     value = strict_loads(raw)
     text = _CANONICAL.encode(value)
     try:
@@ -275,6 +275,7 @@ def parse_flat_event(flat: Sequence[bytes], *, stream_id: str = "") -> tuple[Eve
     return _parse_values(values, stream_id)
 
 
+_MAX_INTEGER_DIGITS: Final = 19
 _SEPARATOR: Final = b"\x1e"
 _TEXT_SEPARATOR: Final = "\x1e"
 
@@ -290,7 +291,9 @@ def _parse_values(values: dict[str, str], stream_id: str) -> tuple[Event, str]:
     integers: dict[str, int] = {}
     for name in _INTEGER_FIELDS:
         raw = values[name]
-        if not (raw.isascii() and raw.isdigit()):
+        # At most 19 digits: every real value fits in 64 bits, and a huge one would make
+        # int() slow or refuse it (Python caps integer parsing at 4300 digits).
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_INTEGER_DIGITS):
             raise TamperError(job_id, event_id, f"malformed event: {name} is not an integer")
         integers[name] = int(raw)
     try:

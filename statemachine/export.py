@@ -66,8 +66,10 @@ async def export_events(
     *,
     since_ms: int | None = None,
     before_ms: int | None = None,
+    end: str | None = None,
     archive_id: str | None = None,
     continues: bool = False,
+    replace_existing: bool = True,
 ) -> ExportResult:
     """Write the global stream's entries (from `since_ms`, before `before_ms`) to `out`.
 
@@ -95,7 +97,8 @@ async def export_events(
             }
             _write(sink, digest, _line(header))
             start = "-" if since_ms is None else f"{since_ms}-0"
-            end = "+" if before_ms is None else f"({before_ms}-0"
+            if end is None:
+                end = "+" if before_ms is None else f"({before_ms}-0"
             async for stream_id, flat in raw_entries(
                 store.client, store.keys.events, start=start, end=end
             ):
@@ -118,12 +121,27 @@ async def export_events(
             sink.flush()
             os.fsync(sink.fileno())
         os.chmod(temporary, 0o600)
-        os.replace(temporary, out)
+        if replace_existing:
+            os.replace(temporary, out)
+        else:
+            # A link fails if the name exists: an archive never replaces another file.
+            os.link(temporary, out)
+            os.unlink(temporary)
+        _sync_folder(out.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
     return ExportResult(path=out, events=events, jobs=len(jobs), sha256=hex_digest, last_id=last_id)
+
+
+def _sync_folder(folder: Path) -> None:
+    # The new name is durable only once the folder is: an archive trims Redis right after.
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _write(sink: IO[bytes], digest: Any, line: bytes) -> None:  # noqa: ANN401 - hashlib object
@@ -180,7 +198,10 @@ def verify_export(
             break
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
+            if number == 1:
+                verdict.file_problems.append("not a provision event export (no header)")
+                return verdict
             verdict.file_problems.append(f"line {number}: not JSON")
             digest.update(line)
             continue

@@ -6,8 +6,8 @@ open in memory, is what lets an audit check millions of events quickly: each eve
 hashed, MAC-checked and walked through the machine exactly once, and a job leaves memory as
 soon as its terminal event has passed.
 
-For each entry the pass also keeps a digest of its raw fields (SHA-1 of the field names and
-values joined by "\\x1e", as `lua/job_digests.lua` computes it inside Redis), so the caller can
+For each entry the pass also keeps a digest of its raw fields (SHA-1 of the length-framed field
+names and values, as `lua/job_digests.lua` computes it inside Redis), so the caller can
 compare each job's own stream with the global copy without reading it in full.
 """
 
@@ -17,7 +17,6 @@ import hashlib
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
 
 from core.errors import TamperError
 from core.keyring import KeyRing
@@ -25,12 +24,14 @@ from statemachine.events import Event, parse_flat_event
 from statemachine.machine import NO_STATE, TERMINAL_STATES
 from statemachine.replay import JobReplayer, ReplayedJob
 
-FIELD_SEPARATOR: Final = b"\x1e"
-
 
 def entry_digest(flat: Sequence[bytes]) -> str:
-    """The digest of one raw stream entry's fields (names and values, in stored order)."""
-    return hashlib.sha1(FIELD_SEPARATOR.join(flat), usedforsecurity=False).hexdigest()
+    """The digest of one raw stream entry's fields (names and values, in stored order).
+
+    Each field is framed as `<byte length>:<bytes>`, so no value can pass for two.
+    """
+    framed = b"".join(b"%d:%b" % (len(value), value) for value in flat)
+    return hashlib.sha1(framed, usedforsecurity=False).hexdigest()
 
 
 def _job_id_of(flat: Sequence[bytes]) -> bytes:
@@ -55,6 +56,11 @@ class PassedJob:
     replayed: ReplayedJob
     # (event id, entry digest) of each of the job's entries, in global order.
     digests: list[tuple[str, str]] = field(default_factory=list)
+    # The global stream id of the job's last entry in the pass.
+    last_stream_id: str = ""
+    # A record opened by events that came after the job had ended (its first record was
+    # handed out already): it carries the problem, and is not a job of its own.
+    late: bool = False
 
     @property
     def job_id(self) -> str:
@@ -75,6 +81,8 @@ class PassedJob:
 class _OpenJob:
     replayer: JobReplayer
     digests: list[tuple[str, str]]
+    last_stream_id: str = ""
+    late: bool = False
 
 
 class HistoryPass:
@@ -106,7 +114,8 @@ class HistoryPass:
         self._partial = partial
         self._open: dict[str, _OpenJob] = {}
         # Jobs that reached a terminal state (state after it) or were skipped: an event that
-        # comes later for one of them is reported instead of starting the job over.
+        # comes later for one of them is reported instead of starting the job over. Only
+        # ids and states stay; a finished job's replay leaves memory.
         self._closed: dict[str, str] = {}
         self.events = 0
 
@@ -131,12 +140,14 @@ class HistoryPass:
             if job is not None:
                 job.replayer.malformed(TamperError(error.job_id, stream_id, error.problem))
                 job.digests.append((error.event_id, digest))
+                job.last_stream_id = stream_id
             return
         job = self._job(event.job_id, event)
         if job is None:
             return
         job.replayer.add(event, detail_text=detail_text)
         job.digests.append((event.event_id, digest))
+        job.last_stream_id = stream_id
         if event.dst in TERMINAL_STATES:
             self._finish(event.job_id, event.dst)
 
@@ -164,19 +175,28 @@ class HistoryPass:
                 return None
             if self._partial == "anchor":
                 replayer.anchor(first)
-        job = _OpenJob(replayer=replayer, digests=[])
+        job = _OpenJob(replayer=replayer, digests=[], late=closed_state is not None)
         self._open[job_id] = job
         return job
 
     def _finish(self, job_id: str, state: str) -> None:
         job = self._open.pop(job_id)
         self._closed[job_id] = state
-        self._on_job(PassedJob(replayed=job.replayer.finish(), digests=job.digests))
+        self._on_job(self._passed(job))
+
+    @staticmethod
+    def _passed(job: _OpenJob) -> PassedJob:
+        return PassedJob(
+            replayed=job.replayer.finish(),
+            digests=job.digests,
+            last_stream_id=job.last_stream_id,
+            late=job.late,
+        )
 
     def finish(self) -> None:
         """Hand out every job still open (not terminal, or cut short) at the end of the pass."""
         for job_id in list(self._open):
             job = self._open.pop(job_id)
-            replayed = job.replayer.finish()
-            self._closed[job_id] = replayed.state
-            self._on_job(PassedJob(replayed=replayed, digests=job.digests))
+            passed = self._passed(job)
+            self._closed[job_id] = passed.replayed.state
+            self._on_job(passed)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.keyring import KeyRing
+from statemachine.export import export_events
 from statemachine.store import EventStore, IndexJob
 from tests.agent_support import make_ring
 from tests.integration.test_audit_cli import audit
@@ -229,13 +230,102 @@ async def test_archive_refuses_a_cut_in_the_future_and_an_existing_file(
     assert out.read_text() == "keep me"
 
 
-async def test_a_forged_archive_pointer_is_caught(
+async def _archived_world(tmp_path, redis_url, namespace, store):
+    """Two finished jobs archived, then one more job after the cut."""
+    old = [await new_job(store, number) for number in range(2)]
+    cut = await redis_now_ms(store)
+    recent = await new_job(store, 20)
+    archive_file = tmp_path / "archive.jsonl"
+    code, _stdout, err = await audit(
+        tmp_path, redis_url, namespace, "archive", "--before", str(cut), "--out", str(archive_file)
+    )
+    assert code == 0, err
+    return old, recent, cut
+
+
+async def test_an_archive_pointer_cannot_be_invented_or_moved_to_another_job(
     tmp_path, redis_url, namespace, store, redis_client
 ):
-    victim = await new_job(store, 1)
-    # Behind the system's back: the job's events deleted, its snapshot pointing to an archive.
-    await redis_client.delete(store.keys.job_events(victim))
-    await redis_client.hset(store.keys.job(victim), "archived_to", "01JFAKEARCHIVE")
+    old, recent, _cut = await _archived_world(tmp_path, redis_url, namespace, store)
+    pointer = (await store.snapshot(old[0]))["archived_to"]
+    # Behind the system's back: a recent job's events deleted and the archived job's valid
+    # pointer copied onto it, so that it would look archived.
+    await redis_client.delete(store.keys.job_events(recent))
+    await redis_client.hset(store.keys.job(recent), "archived_to", pointer)
     code, stdout, _err = await audit(tmp_path, redis_url, namespace, "verify")
     assert code == 1
-    assert "unknown archive" in stdout or "not in the job's stream" in stdout, stdout
+    assert f"job {recent}" in stdout and "archive pointer: bad signature" in stdout, stdout
+    # And one invented from nothing.
+    await redis_client.hset(store.keys.job(recent), "archived_to", "01JFAKEARCHIVE")
+    code, stdout, _err = await audit(tmp_path, redis_url, namespace, "verify")
+    assert code == 1 and "an unknown archive" in stdout, stdout
+
+
+async def test_after_an_archive_events_deleted_from_the_global_stream_are_still_caught(
+    tmp_path, redis_url, namespace, store, redis_client
+):
+    _old, recent, _cut = await _archived_world(tmp_path, redis_url, namespace, store)
+    for stream_id, fields in await redis_client.xrange(store.keys.events):
+        if fields[b"job_id"] == recent.encode():
+            await redis_client.xdel(store.keys.events, stream_id)
+    code, stdout, _err = await audit(tmp_path, redis_url, namespace, "verify")
+    assert code == 1
+    assert f"job {recent}" in stdout and "not in the global stream" in stdout, stdout
+
+
+async def test_archive_refuses_when_a_chain_lost_its_start_from_the_global_stream(
+    tmp_path, redis_url, namespace, store, redis_client
+):
+    await _archived_world(tmp_path, redis_url, namespace, store)
+    victim = await new_job(store, 30)
+    # Its first two events vanish from the global stream only; a second archive must not
+    # take the rest and delete the job's own stream, the only copy of those two.
+    deleted = 0
+    for stream_id, fields in await redis_client.xrange(store.keys.events):
+        if fields[b"job_id"] == victim.encode() and deleted < 2:
+            await redis_client.xdel(store.keys.events, stream_id)
+            deleted += 1
+    cut = await redis_now_ms(store)
+    out = tmp_path / "archive-2.jsonl"
+    code, _stdout, err = await audit(
+        tmp_path, redis_url, namespace, "archive", "--before", str(cut), "--out", str(out)
+    )
+    assert code == 1, err
+    assert f"job {victim}" in err and "nothing was trimmed" in err
+    assert await redis_client.xlen(store.keys.job_events(victim)) == 5
+
+
+async def test_archive_never_trims_what_an_integration_group_has_not_received(
+    tmp_path, redis_url, namespace, store, redis_client
+):
+    keys = store.keys
+    first = await new_job(store, 1)
+    second = await new_job(store, 2)
+    # A webhook's group that has read and acknowledged only the first job's events.
+    await redis_client.xgroup_create(keys.events, "hooks", id="0")
+    entries = await redis_client.xreadgroup("hooks", "h1", {keys.events: ">"}, count=5)
+    await redis_client.xack(keys.events, "hooks", *[sid for sid, _f in entries[0][1]])
+    # ... and one more it has read but not acknowledged.
+    await redis_client.xreadgroup("hooks", "h1", {keys.events: ">"}, count=1)
+    cut = await redis_now_ms(store)
+    out = tmp_path / "archive.jsonl"
+    code, stdout, err = await audit(
+        tmp_path, redis_url, namespace, "archive", "--before", str(cut), "--out", str(out)
+    )
+    assert code == 0, err
+    assert "5 event(s) of 1 job(s)" in stdout and "1 finished job(s) moved out" in stdout
+    assert await redis_client.xlen(keys.events) == 5
+    assert not await redis_client.exists(keys.job_events(first))
+    assert await redis_client.xlen(keys.job_events(second)) == 5
+    code, stdout, err = await audit(tmp_path, redis_url, namespace, "verify")
+    assert code == 0, stdout + err
+
+
+async def test_an_export_never_replaces_a_file_when_asked_not_to(tmp_path, store):
+    await new_job(store, 1)
+    out = tmp_path / "kept.jsonl"
+    out.write_text("keep me")
+    with pytest.raises(FileExistsError):
+        await export_events(store, make_ring(tmp_path / "other.keys"), out, replace_existing=False)
+    assert out.read_text() == "keep me"
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".kept")] == []

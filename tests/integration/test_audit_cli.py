@@ -274,3 +274,53 @@ async def make_more_numbered(store: EventStore, number: int) -> None:
         effects=[IndexJob(store.keys.jobs_index, 2_000 + number, job_id)],
     )
     await store.transition(job_id, "cancel", actor="panel:bob", detail={"reason": "cancelled"})
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["huge_integer", "deep_detail", "not_utf8", "smuggled_separator", "bad_snapshot_number"],
+)
+async def test_hostile_records_are_reported_never_crash_the_audit(
+    tmp_path, redis_url, namespace, store, redis_client, hostile
+):
+    ids = await make_jobs(store)
+    victim = ids["ok"]
+    keys = store.keys
+    own = await redis_client.xrange(keys.job_events(victim))
+    fields = dict(own[1][1])
+    if hostile == "huge_integer":
+        fields[b"at"] = b"9" * 5000
+    elif hostile == "deep_detail":
+        fields[b"detail"] = b"[" * 100_000 + b"]" * 100_000
+    elif hostile == "not_utf8":
+        fields[b"actor"] = b"agent:\xff\xfe"
+    elif hostile == "smuggled_separator":
+        # Two fields folded into one value: the digests must still tell the copies apart.
+        fields.pop(b"attempt")
+        fields[b"actor"] = b"agent:a\x1eattempt\x1e0"
+    if hostile == "bad_snapshot_number":
+        await redis_client.hset(keys.job(victim), mapping={"created_at": "x", "attempt": "1e9"})
+    else:
+        own[1] = (own[1][0], fields)
+        await _rewrite(redis_client, keys.job_events(victim), own)
+    for command in (["verify"], ["verify", "--job", victim], ["replay", "--json"]):
+        code, out, err = await audit(tmp_path, redis_url, namespace, *command)
+        assert "Traceback" not in err, err
+        assert code == (0 if command[0] == "replay" else 1), out + err
+        assert victim in out
+
+
+async def test_an_event_after_the_end_is_named_and_the_job_counted_once(
+    tmp_path, redis_url, namespace, store, redis_client, ring
+):
+    ids = await make_jobs(store)
+    victim = ids["ok"]
+    own = await redis_client.xrange(store.keys.job_events(victim))
+    late = _forge(own[-1][1], ring, event_id="01JLATE0000000000000000000")
+    await redis_client.xadd(store.keys.job_events(victim), late)
+    await redis_client.xadd(store.keys.events, late)
+    code, out, _err = await audit(tmp_path, redis_url, namespace, "verify", "--json")
+    verdict = json.loads(out)
+    assert code == 1 and verdict["jobs"] == 3
+    problems = {(p["job_id"], p["problem"]) for p in verdict["problems"]}
+    assert (victim, "event after the job ended (succeeded)") in problems

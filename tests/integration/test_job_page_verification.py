@@ -6,6 +6,7 @@ from html import unescape
 
 import pytest
 
+from statemachine.archive_record import ArchiveRecord, archive_pointer, save_archive_record
 from statemachine.store import EventStore
 from tests.integration.test_panel_pages import (  # noqa: F401 - fixtures used by name
     installers,
@@ -72,13 +73,23 @@ async def test_a_drifted_snapshot_is_shown_as_a_problem(panel, redis_client):  #
     assert "Record does not verify" in html and "snapshot drift: requested_by" in unescape(html)
 
 
-async def test_an_archived_job_says_where_its_events_went(panel, redis_client):  # noqa: F811
+async def test_an_archived_job_says_where_its_events_went(panel, redis_client, ring):  # noqa: F811
     job_id = await submitted_job(panel)
     store = store_of(panel)
     await _run_to_success(store, job_id)
+    record = ArchiveRecord("01JARCHIVE", "/srv/a.jsonl", "0" * 64, 1, "1-0", 5, 1, 1)
+    await save_archive_record(redis_client, store.keys, ring, record)
+    last_hash = (await store.snapshot(job_id))["last_hash"]
     await redis_client.delete(store.keys.job_events(job_id))
-    await redis_client.hset(store.keys.job(job_id), "archived_to", "01JARCHIVE")
+    pointer = archive_pointer(ring, "01JARCHIVE", job_id, last_hash)
+    await redis_client.hset(store.keys.job(job_id), "archived_to", pointer)
     status, html = await page(panel, f"/jobs/{job_id}")
     assert status == 200
-    assert 'id="chain-archived"' in html and "01JARCHIVE" in html
+    assert 'id="chain-archived"' in html and "<code>01JARCHIVE</code>" in html
     assert "Record verified" not in html and "Record does not verify" not in html
+    # The same pointer on another job is not one the archive made: the page says so.
+    other = await submitted_job(panel)
+    await redis_client.delete(store.keys.job_events(other))
+    await redis_client.hset(store.keys.job(other), "archived_to", pointer)
+    _, html = await page(panel, f"/jobs/{other}")
+    assert "Record does not verify" in html and "archive pointer: bad signature" in html
