@@ -265,7 +265,9 @@ async def _open(url: str) -> aioredis.Redis:
     try:
         return await connect(url)
     except (OSError, RedisError) as error:
-        click.echo(f"error: cannot reach Redis at {url}: {type(error).__name__}", err=True)
+        click.echo(
+            f"error: cannot reach Redis at {redact_url(url)}: {type(error).__name__}", err=True
+        )
         sys.exit(EXIT_UNREACHABLE)
 
 
@@ -274,7 +276,9 @@ async def _list_dead(url: str, keys: RedisKeys, group: str) -> list[DeadLetter]:
     try:
         return await DeadLetters(client, keys, group).entries()
     except RedisError as error:
-        click.echo(f"error: cannot read Redis at {url}: {type(error).__name__}", err=True)
+        click.echo(
+            f"error: cannot read Redis at {redact_url(url)}: {type(error).__name__}", err=True
+        )
         sys.exit(EXIT_UNREACHABLE)
     finally:
         await client.aclose()
@@ -309,13 +313,16 @@ def dead(group: str, as_json: bool) -> None:
 
 async def _redrive(
     url: str, keys: RedisKeys, group: str, wanted: tuple[str, ...] | None
-) -> tuple[int, list[str]]:
+) -> tuple[int, list[DeadLetter], list[str]]:
+    """(how many were queued, the dead letters dropped as their event is gone, unknown ids)."""
     client = await _open(url)
     try:
         letters = DeadLetters(client, keys, group)
         entries = await letters.entries()
+        by_id = {letter.entry_id: letter for letter in entries}
         if wanted is None:
-            return await letters.redrive(letter.entry_id for letter in entries), []
+            moved, gone = await letters.redrive(by_id)
+            return moved, [by_id[ident] for ident in gone if ident in by_id], []
         chosen: list[str] = []
         missing: list[str] = []
         for ident in wanted:
@@ -326,9 +333,12 @@ async def _redrive(
             chosen.extend(found)
             if not found:
                 missing.append(ident)
-        return await letters.redrive(chosen), missing
+        moved, gone = await letters.redrive(chosen)
+        return moved, [by_id[ident] for ident in gone if ident in by_id], missing
     except RedisError as error:
-        click.echo(f"error: cannot use Redis at {url}: {type(error).__name__}", err=True)
+        click.echo(
+            f"error: cannot use Redis at {redact_url(url)}: {type(error).__name__}", err=True
+        )
         sys.exit(EXIT_UNREACHABLE)
     finally:
         await client.aclose()
@@ -345,11 +355,18 @@ def redrive(group: str, every: bool, ids: tuple[str, ...]) -> None:
     if every == bool(ids):
         raise click.UsageError("give either --all or one or more --id")
     common = _common()
-    moved, missing = asyncio.run(
+    moved, gone, missing = asyncio.run(
         _redrive(_redis_url(common), RedisKeys(common.namespace), group, None if every else ids)
     )
     click.echo(f"{moved} dead letter(s) queued for redelivery by group {group}")
+    for letter in gone:
+        click.echo(
+            f"error: dead letter {letter.entry_id} (event {letter.event_id or '?'}, stream id "
+            f"{letter.stream_id or '?'}): the event is no longer in the event stream (trimmed "
+            "by `audit archive`), so it cannot be sent again; dropped from the dead letters",
+            err=True,
+        )
     for ident in missing:
         click.echo(f"error: no dead letter {ident} in group {group}", err=True)
-    if missing:
+    if missing or gone:
         sys.exit(1)

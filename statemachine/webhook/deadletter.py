@@ -7,22 +7,30 @@ Every move is one atomic step (a Lua script): burying acknowledges the entry and
 it; redriving deletes the dead letter and adds the redrive entry. So a crash between the two
 halves cannot lose an event or deliver it twice as "new", and a retried call (a lost reply)
 does nothing the second time. The forwarder stays the only sender: `redrive` only queues.
+
+An event no longer in `prov:events` (trimmed by `audit archive`) cannot be sent by anyone:
+it is recorded once with the error `trimmed: ...` when the forwarder meets it, and a redrive
+of it is dropped and reported rather than buried again.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
+import structlog
 from redis.exceptions import ResponseError
 
 from core.errors import TamperError
 from core.keys import RedisKeys
+from statemachine.consumer import Undeliverable
 from statemachine.events import Event, event_from_fields
 from statemachine.store import now_ms
+
+log = structlog.get_logger("webhook")
 
 REDRIVE_BATCH: Final = 100
 DEAD_FIELDS: Final = ("stream_id", "event_id", "job_id", "trigger", "attempts", "error", "at")
@@ -45,6 +53,33 @@ class Pending:
     stream_id: str  # the event's id in prov:events (the same as entry_id unless redriven)
     event: Event
     redriven: bool
+    # Read again (own pending entries, XAUTOCLAIM) rather than new: it may have been settled
+    # since by a copy of it held earlier, so it is checked before being sent.
+    reread: bool = field(default=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Burial:
+    """What `bury` did: the dead entry's id ("" if none was added), and whether the entry
+    was still pending (and is now acknowledged)."""
+
+    dead_id: str
+    was_pending: bool
+
+
+def _unknown_event(event_id: str = "", job_id: str = "", trigger: str = "") -> Event:
+    """A stand-in naming an event that cannot be read, for its dead letter."""
+    return Event(
+        v=0,
+        event_id=event_id,
+        job_id=job_id,
+        trigger=trigger,
+        src="",
+        dst="",
+        at=0,
+        actor="",
+        attempt=0,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,18 +138,43 @@ class DeadLetters:
 
     # --- the forwarder's side -----------------------------------------------------------
 
-    async def acknowledge(self, item: Pending) -> None:
-        """The event was delivered: acknowledge it (and drop a redrive entry)."""
+    async def acknowledge(self, item: Pending) -> bool:
+        """The event was delivered: acknowledge it (and drop a redrive entry); was it pending?"""
         if not item.redriven:
-            await self._client.xack(item.source, self.group, item.entry_id)
-            return
+            return bool(await self._client.xack(item.source, self.group, item.entry_id))
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.xack(item.source, self.group, item.entry_id)
             pipe.xdel(item.source, item.entry_id)
-            await pipe.execute()
+            acked, _deleted = await pipe.execute()
+        return bool(acked)
 
-    async def bury(self, item: Pending, *, attempts: int, error: str, at_ms: int) -> str:
-        """Record the event as dead and acknowledge it in one step; the dead entry's id."""
+    async def still_pending(self, item: Pending, consumer: str) -> bool:
+        """Whether `item`'s entry is still pending for `consumer` (not settled meanwhile)."""
+        found = await self._client.xpending_range(
+            item.source,
+            self.group,
+            min=item.entry_id,
+            max=item.entry_id,
+            count=1,
+            consumername=consumer,
+        )
+        return bool(found)
+
+    async def bury(
+        self,
+        item: Pending,
+        *,
+        attempts: int,
+        error: str,
+        at_ms: int,
+        even_if_settled: bool = True,
+    ) -> Burial:
+        """Record the event as dead and acknowledge it in one step.
+
+        An entry no longer pending is recorded too (so it cannot vanish), unless
+        `even_if_settled` is False: the retry of a call whose answer was lost, which most
+        likely recorded it already.
+        """
         fields = {
             "stream_id": item.stream_id,
             "event_id": item.event.event_id,
@@ -125,11 +185,37 @@ class DeadLetters:
             "at": str(at_ms),
         }
         flat = [part for pair in fields.items() for part in pair]
-        result = await self._bury(
+        dead_id, acked = await self._bury(
             keys=[item.source, self.dead],
-            args=[self.group, item.entry_id, "1" if item.redriven else "0", *flat],
+            args=[
+                self.group,
+                item.entry_id,
+                "1" if item.redriven else "0",
+                "1" if even_if_settled else "0",
+                *flat,
+            ],
         )
-        return _text(result)
+        return Burial(dead_id=_text(dead_id), was_pending=bool(acked))
+
+    async def bury_undeliverable(self, entry: Undeliverable, *, even_if_settled: bool) -> Burial:
+        """Record an entry of `prov:events` that is no event (any more) and acknowledge it."""
+        hints = entry.hints
+        item = Pending(
+            source=self._keys.events,
+            entry_id=entry.stream_id,
+            stream_id=entry.stream_id,
+            event=_unknown_event(
+                hints.get("event_id", ""), hints.get("job_id", ""), hints.get("trigger", "")
+            ),
+            redriven=False,
+        )
+        return await self.bury(
+            item,
+            attempts=0,
+            error=f"{entry.reason}: {entry.problem}",
+            at_ms=now_ms(),
+            even_if_settled=even_if_settled,
+        )
 
     async def ensure_redrive_group(self) -> None:
         """Create the redrive stream's group from its start, so nothing queued is missed."""
@@ -139,50 +225,66 @@ class DeadLetters:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    async def _event(self, stream_id: str) -> Event | None:
-        entries = cast(
-            list[tuple[bytes, dict[bytes | str, bytes | str]]],
-            await self._client.xrange(self._keys.events, min=stream_id, max=stream_id),
-        )
-        if not entries:
+    async def _event(self, stream_id: str) -> Event | str | None:
+        """The event at `stream_id`; None when it is gone; why not when it is no event."""
+        try:
+            entries = cast(
+                list[tuple[bytes, dict[bytes | str, bytes | str]]],
+                await self._client.xrange(self._keys.events, min=stream_id, max=stream_id),
+            )
+        except ResponseError:  # not a stream id at all: only a forged redrive entry has one
+            return None
+        if not entries or not entries[0][1]:
             return None
         try:
             return event_from_fields(entries[0][1], stream_id=stream_id)
-        except TamperError:
-            return None
+        except (TamperError, ValueError, RecursionError, OverflowError) as error:
+            problem = str(error) if isinstance(error, TamperError) else type(error).__name__
+            return problem[:200]
 
-    async def _items(self, entries: list[Any]) -> AsyncIterator[Pending]:
+    async def _drop_redrive(self, entry_id: str, values: dict[str, str], why: str) -> None:
+        """A redrive entry that can never be delivered: say so, and delete it."""
+        log.warning(
+            "webhook.redrive_dropped",
+            group=self.group,
+            redrive_id=entry_id,
+            stream_id=values.get("stream_id", "")[:64],
+            event_id=values.get("event_id", "")[:64],
+            job_id=values.get("job_id", "")[:64],
+            problem=why,
+        )
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.xack(self.redrive_stream, self.group, entry_id)
+            pipe.xdel(self.redrive_stream, entry_id)
+            await pipe.execute()
+
+    async def _items(self, entries: list[Any], *, again: bool) -> AsyncIterator[Pending]:
         for raw_id, fields in entries:
             entry_id = _text(raw_id)
-            if fields is None:  # deleted while pending: nothing left to deliver
-                await self._client.xack(self.redrive_stream, self.group, entry_id)
+            if not fields:  # deleted while pending ({} from redis-py): nothing to deliver
+                await self._drop_redrive(entry_id, {}, "the redrive entry was deleted")
                 continue
             values = {_text(k): _text(v) for k, v in fields.items()}
             stream_id = values.get("stream_id", "")
             event = await self._event(stream_id) if stream_id else None
             if event is None:
-                # The event is gone from prov:events (which the system never trims) or was
-                # never an event: nothing can be sent. Back to the dead letters, with why.
-                gone = Pending(
+                # Trimmed from prov:events (`audit archive`) after it was redriven: nobody
+                # can send it any more, and burying it again would bring it back at every
+                # redrive. The archive still holds it.
+                await self._drop_redrive(
+                    entry_id, values, "trimmed: the event is no longer in the event stream"
+                )
+                continue
+            if isinstance(event, str):
+                # There, but no event: a clear final reason in the dead letters.
+                unreadable = Pending(
                     source=self.redrive_stream,
                     entry_id=entry_id,
                     stream_id=stream_id,
-                    event=Event(
-                        v=0,
-                        event_id=values.get("event_id", ""),
-                        job_id=values.get("job_id", ""),
-                        trigger="",
-                        src="",
-                        dst="",
-                        at=0,
-                        actor="",
-                        attempt=0,
-                    ),
+                    event=_unknown_event(values.get("event_id", ""), values.get("job_id", "")),
                     redriven=True,
                 )
-                await self.bury(
-                    gone, attempts=0, error="event not found in the event stream", at_ms=now_ms()
-                )
+                await self.bury(unreadable, attempts=0, error=f"malformed: {event}", at_ms=now_ms())
                 continue
             yield Pending(
                 source=self.redrive_stream,
@@ -190,6 +292,7 @@ class DeadLetters:
                 stream_id=stream_id,
                 event=event,
                 redriven=True,
+                reread=again,
             )
 
     async def redriven(
@@ -202,7 +305,7 @@ class DeadLetters:
             if not mine:
                 break
             cursor = _text(mine[-1][0])
-            async for item in self._items(mine):
+            async for item in self._items(mine, again=True):
                 yield item
         while True:
             reply = await self._client.xautoclaim(
@@ -214,10 +317,10 @@ class DeadLetters:
                 count=batch,
             )
             claimed = cast(list[Any], reply[1] if len(reply) > 1 else [])
-            async for item in self._items(claimed):
+            async for item in self._items(claimed, again=True):
                 yield item
             fresh = await self._read(consumer, ">", batch=batch, block=block_ms)
-            async for item in self._items(fresh):
+            async for item in self._items(fresh, again=False):
                 yield item
 
     async def _read(
@@ -249,11 +352,23 @@ class DeadLetters:
             start = "(" + _text(batch[-1][0])
         return found
 
-    async def redrive(self, entry_ids: Iterable[str]) -> int:
-        """Move these dead letters to the redrive stream; how many were there to move."""
+    async def redrive(self, entry_ids: Iterable[str]) -> tuple[int, list[str]]:
+        """Move these dead letters to the redrive stream.
+
+        Returns how many were moved, and the ids of those dropped instead because their event
+        is no longer in `prov:events` (nobody can send it again).
+        """
         ids = list(dict.fromkeys(entry_ids))
         moved = 0
+        gone: list[str] = []
         for offset in range(0, len(ids), REDRIVE_BATCH):
             chunk: Sequence[str] = ids[offset : offset + REDRIVE_BATCH]
-            moved += int(await self._redrive(keys=[self.dead, self.redrive_stream], args=chunk))
-        return moved
+            reply = cast(
+                list[Any],
+                await self._redrive(
+                    keys=[self.dead, self.redrive_stream, self._keys.events], args=chunk
+                ),
+            )
+            moved += int(reply[0])
+            gone.extend(_text(ident) for ident in reply[1:])
+        return moved, gone

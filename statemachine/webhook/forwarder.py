@@ -18,6 +18,11 @@ attempt count lives in memory only, so a restart begins counting again.
 
 `stop()` ends gracefully: reading stops, a POST in flight finishes and is settled, events
 waiting (for their turn or a retry) stay pending in Redis for the next start.
+
+One event never stops the rest: an entry that is no event (malformed, or trimmed from the
+stream while pending) becomes a dead letter saying so, and an unexpected error while
+delivering one event buries that event with the error's name. Stopping on it instead would
+only bring the same event back after the restart, for ever.
 """
 
 from __future__ import annotations
@@ -27,18 +32,17 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from functools import partial
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
 from core.keys import RedisKeys
-from statemachine.consumer import EventConsumer
+from statemachine.consumer import EventConsumer, Undeliverable
 from statemachine.events import Event
 from statemachine.store import now_ms
-from statemachine.webhook.deadletter import DeadLetters, Pending
+from statemachine.webhook.deadletter import Burial, DeadLetters, Pending
 from statemachine.webhook.options import ForwarderOptions
 from statemachine.webhook.policy import Bury, Delivered, Outcome, Retry, decide
 
@@ -52,6 +56,8 @@ HEALTHY_READ_S: Final = 30.0
 SETTLE_TRIES_WHEN_STOPPING: Final = 5
 # Jitter only spreads retries out; the system generator merely avoids a seedable one.
 _RANDOM: Final = secrets.SystemRandom()
+
+T = TypeVar("T")
 
 
 class Sender(Protocol):
@@ -145,8 +151,28 @@ class Forwarder:
                     filters=options.filters,
                     block_ms=options.block_ms,
                     claim_idle_ms=options.claim_idle_ms,
+                    on_undeliverable=self._bury_undeliverable,
                 )
             ),
+        )
+
+    async def _bury_undeliverable(self, entry: Undeliverable) -> None:
+        """An entry of prov:events that is no event: a dead letter saying why, once."""
+        burial = await self._settle(
+            lambda tries: self._letters.bury_undeliverable(
+                # One XAUTOCLAIM already took out of the group is recorded even on a retry:
+                # Redis names it only once, so a rare double beats losing it.
+                entry,
+                even_if_settled=not entry.pending or tries == 1,
+            )
+        )
+        log.warning(
+            "webhook.undeliverable",
+            stream_id=entry.stream_id,
+            reason=entry.reason,
+            problem=entry.problem,
+            dead_id=burial.dead_id if burial else None,
+            **entry.hints,
         )
 
     async def _events_from(self, consumer: EventConsumer) -> None:
@@ -159,6 +185,7 @@ class Forwarder:
                     stream_id=delivery.stream_id,
                     event=delivery.event,
                     redriven=False,
+                    reread=delivery.redelivered,
                 )
             )
 
@@ -203,6 +230,21 @@ class Forwarder:
         if key in self._holding:
             return
         await self._held.acquire()
+        try:
+            # The batch `item` came in was read before the wait for room (and before the
+            # awaits of reading the rest of it): meanwhile a copy held from an earlier read
+            # may have been delivered and acknowledged. Sending it again would be a
+            # duplicate the forwarder itself made, so an entry read again must still be ours.
+            settled = key in self._holding or (
+                item.reread and not await self._letters.still_pending(item, self._options.consumer)
+            )
+        except BaseException:
+            self._held.release()
+            raise
+        if settled:
+            self._held.release()
+            log.debug("webhook.already_settled", source=item.source, entry_id=item.entry_id)
+            return
         self._holding.add(key)
         job_id = item.event.job_id
         self._lanes.setdefault(job_id, deque()).append(item)
@@ -219,6 +261,11 @@ class Forwarder:
                 item = queue[0]
                 try:
                     await self._deliver(item)
+                except Exception as error:
+                    # A bug met while handling this one event: bury it (so the job's later
+                    # events can go on) rather than stop the forwarder, whose restart would
+                    # meet the same event again.
+                    await self._bury_after_error(item, error)
                 finally:
                     queue.popleft()
                     self._release(item)
@@ -251,20 +298,18 @@ class Forwarder:
                 outcome = await self._sender.send(event)
             decision = decide(self._options.policy, attempt, outcome, jitter=self._jitter())
             if isinstance(decision, Delivered):
-                await self._settle(partial(self._letters.acknowledge, item))
-                bound.info("webhook.delivered", status=outcome.status, attempt=attempt)
+                was_pending = await self._settle(lambda _tries: self._letters.acknowledge(item))
+                bound.info(
+                    "webhook.delivered",
+                    status=outcome.status,
+                    attempt=attempt,
+                    # False: already settled (the group was re-created, or an earlier try
+                    # of this ACK worked but its answer was lost)
+                    was_pending=was_pending,
+                )
                 return
             if isinstance(decision, Bury):
-                await self._settle(
-                    partial(
-                        self._letters.bury,
-                        item,
-                        attempts=attempt,
-                        error=decision.error,
-                        at_ms=now_ms(),
-                    )
-                )
-                bound.warning("webhook.dead", attempt=attempt, error=decision.error)
+                await self._bury(item, attempts=attempt, error=decision.error)
                 return
             assert isinstance(decision, Retry)
             bound.info(
@@ -277,26 +322,80 @@ class Forwarder:
             if await self._pause(decision.delay_s):
                 return  # stopping: the event stays pending
 
-    async def _settle(self, step: Callable[[], Awaitable[object]]) -> None:
-        """Run an ACK or a burial, retrying while Redis is unreachable."""
+    async def _bury_after_error(self, item: Pending, error: Exception) -> None:
+        event = item.event
+        log.exception(
+            "webhook.event_failed",
+            event_id=event.event_id,
+            job_id=event.job_id,
+            stream_id=item.stream_id,
+            error=type(error).__name__,
+        )
+        await self._bury(item, attempts=0, error=f"forwarder error: {type(error).__name__}")
+
+    async def _bury(self, item: Pending, *, attempts: int, error: str) -> None:
+        """Bury `item` and log what really happened to it."""
+        event = item.event
+        burial: Burial | None = await self._settle(
+            lambda tries: self._letters.bury(
+                item,
+                attempts=attempts,
+                error=error,
+                at_ms=now_ms(),
+                # A retry may follow a first try that worked but whose answer was lost.
+                even_if_settled=tries == 1,
+            )
+        )
+        bound = log.bind(
+            event_id=event.event_id,
+            job_id=event.job_id,
+            trigger=event.trigger,
+            stream_id=item.stream_id,
+            redriven=item.redriven,
+            attempt=attempts,
+            error=error,
+        )
+        if burial is None:
+            bound.warning("webhook.bury_abandoned", problem="stopping; it stays pending")
+        elif burial.was_pending:
+            bound.warning("webhook.dead", dead_id=burial.dead_id)
+        elif burial.dead_id:
+            bound.warning(
+                "webhook.dead",
+                dead_id=burial.dead_id,
+                was_pending=False,
+                problem="the entry was no longer pending in the group (re-created, or "
+                "acknowledged by another consumer); recorded as a dead letter all the same",
+            )
+        else:
+            bound.warning(
+                "webhook.dead_not_recorded",
+                was_pending=False,
+                problem="the entry was no longer pending when a burial was retried after a "
+                "lost answer: the first try most likely recorded it already",
+            )
+
+    async def _settle(self, step: Callable[[int], Awaitable[T]]) -> T | None:
+        """Run an ACK or a burial (given the try number), retrying while Redis is unreachable.
+
+        None when given up while stopping (the entry stays pending).
+        """
         delay = REDIS_RETRY_BASE_S
         tries = 0
         while True:
             tries += 1
             try:
-                await step()
+                return await step(tries)
             except (RedisError, OSError) as error:
                 if self._stopping.is_set() and tries >= SETTLE_TRIES_WHEN_STOPPING:
                     log.warning("webhook.settle_abandoned", error=type(error).__name__)
-                    return
+                    return None
                 log.warning(
                     "webhook.redis_error",
                     settling=True,
                     error=type(error).__name__,
                     retry_in_s=round(delay, 2),
                 )
-            else:
-                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, REDIS_RETRY_MAX_S)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from core.errors import ProvisionError
 from core.keys import is_valid_integration_group
@@ -66,13 +66,26 @@ def check_url(url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """`url` without user:password@, for logs (a receiver may take credentials in the URL)."""
+    """`url` without user:password@ or a `password=` query value, for logs and messages.
+
+    A receiver may take credentials in its URL, and a Redis URL may carry a password either
+    way (`redis://:pw@host`, `unix:///path?password=pw`).
+    """
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    userinfo, at, host = parts.netloc.rpartition("@")
+    netloc = f"***@{host}" if at and userinfo else parts.netloc
+    query = "&".join(
+        f"{name}=***" if sep and name.lower() == "password" else f"{name}{sep}{value}"
+        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&"))
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    # Put together by hand: urlunsplit drops the "//" of an empty host (unix:///path).
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
 
 
 def parse_filters(specs: Iterable[str]) -> EventFilter:

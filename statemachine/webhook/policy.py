@@ -21,6 +21,9 @@ DEFAULT_MAX_ATTEMPTS: Final = 8
 DEFAULT_BASE_S: Final = 1.0
 DEFAULT_MAX_S: Final = 60.0
 _RETRIED_STATUSES: Final = frozenset({408, 429})
+# Ten digits of seconds is over 300 years, past any cap; a longer number is not a wait a
+# receiver means (and a few hundred digits no longer fit a float), so it is ignored.
+_MAX_RETRY_AFTER_DIGITS: Final = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,16 +106,20 @@ def decide(policy: RetryPolicy, attempt: int, outcome: Outcome, *, jitter: float
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """Seconds to wait from a `Retry-After` header (seconds or an HTTP date), else None."""
+    """Seconds to wait from a `Retry-After` header (seconds or an HTTP date), else None.
+
+    A value that cannot be read (malformed, absurdly long, an impossible date) is None: the
+    answer is then retried on the usual backoff, never an error.
+    """
     if not value:
         return None
     text = value.strip()
     if text.isascii() and text.isdigit():
-        return float(int(text))
+        digits = text.lstrip("0") or "0"
+        return float(digits) if len(digits) <= _MAX_RETRY_AFTER_DIGITS else None
     try:
         moment = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        # An HTTP date is always GMT: one without a zone is not an HTTP date.
+        return max(0.0, moment.timestamp() - now) if moment.tzinfo is not None else None
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if moment.tzinfo is None:  # an HTTP date is always GMT
-        return None
-    return max(0.0, moment.timestamp() - now)

@@ -1,8 +1,9 @@
 """One signed HTTP POST of one event, and what came of it (`Outcome`); never raises for HTTP.
 
-The body is the event as the API shows it (`Event.as_dict()`), as canonical JSON. The
-receiver gets `Idempotency-Key: <event_id>` to drop the copies at-least-once delivery
-brings, and `X-Provision-Signature` when a secret is configured.
+The body is the event as the API shows it (`Event.as_dict()`), as canonical JSON, and
+`X-Provision-Signature` signs it when a secret is configured. `Idempotency-Key: <event_id>`
+repeats the body's `event_id` for convenience; the signature does not cover headers, so a
+receiver drops the copies at-least-once delivery brings by the signed body's `event_id`.
 """
 
 from __future__ import annotations
@@ -94,3 +95,8 @@ class WebhookSender:
             # The class names the failure (refused, reset, DNS); the message may carry the
             # URL, which can hold credentials, so it is left out.
             return Outcome(None, error=type(error).__name__)
+        except Exception as error:
+            # Whatever else one answer can provoke (a header no parser foresaw) is a bad
+            # answer, retried like no answer: raising would stop the forwarder, and a
+            # restarted one would get the same event and the same answer again.
+            return Outcome(None, error=f"unreadable answer: {type(error).__name__}")

@@ -7,6 +7,9 @@ a receiver can copy this file or import it without the rest of the project.
 
     ok = verify_signature(secret, request.headers["X-Provision-Signature"], raw_body,
                           tolerance_s=300, now=time.time())
+
+Headers are not signed: a receiver deduplicates on the verified body's `event_id` (which
+`Idempotency-Key` repeats), so a replay with another key is still recognised.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ DEFAULT_TOLERANCE_S: Final = 300.0
 # A header is a handful of fields; refusing long ones early bounds the work an attacker buys.
 _MAX_HEADER_LEN: Final = 2048
 _HEX_DIGITS: Final = frozenset("0123456789abcdef")
+# Unix seconds have 10 digits until the year 2286; a longer `t` is no time a sender wrote
+# (and past 308 digits it no longer fits a float, which the tolerance check needs).
+_MAX_TIMESTAMP_DIGITS: Final = 12
 
 
 def _key(secret: str | bytes) -> bytes:
@@ -50,6 +56,8 @@ def _parse(header: str) -> tuple[int, list[str]] | None:
             return None
         if name == "t":
             if timestamp is not None or not (value.isascii() and value.isdigit()):
+                return None
+            if len(value) > _MAX_TIMESTAMP_DIGITS:
                 return None
             timestamp = int(value)
         elif name == SCHEME:

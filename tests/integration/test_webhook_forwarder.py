@@ -8,6 +8,7 @@ an operator's machine would do it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -24,6 +26,11 @@ from core.redis_conn import connect
 from core.redis_launcher import find_redis_server, start_redis
 from statemachine.events import Event, event_from_fields
 from statemachine.store import EventStore
+from statemachine.webhook.deadletter import Burial, DeadLetters, Pending
+from statemachine.webhook.forwarder import Forwarder as WebhookForwarder
+from statemachine.webhook.options import ForwarderOptions
+from statemachine.webhook.policy import Outcome, RetryPolicy
+from statemachine.webhook.sender import WebhookSender
 from statemachine.webhook.signature import verify_signature
 from tests.agent_support import provision_argv, wait_until
 from tests.keyring_fixtures import ring_of
@@ -80,10 +87,12 @@ class Receiver:
             assert request.transport is not None
             request.transport.abort()
             return web.Response(status=200)  # never reaches the forwarder
-        status = {"ok": 200, "500": 500, "400": 400, "429": 429}[action]
+        status = {"ok": 200, "500": 500, "400": 400, "429": 429, "503-huge": 503}[action]
         self.requests.append(Request(key, raw, headers, signed_ok, status))
         if status == 429:
             return web.Response(status=429, headers={"Retry-After": "0"})
+        if status == 503:  # a number of seconds past what a float holds
+            return web.Response(status=503, headers={"Retry-After": "1" + "0" * 400})
         # A long error page: the dead letter keeps only a bounded part of it.
         return web.Response(status=status, text="ok" if status == 200 else "no " * 400)
 
@@ -544,3 +553,238 @@ def test_a_secret_file_others_can_read_or_an_empty_one_is_refused_at_start(
     assert result.returncode != 0
     assert problem in result.stderr
     assert SECRET not in result.stdout + result.stderr
+
+
+# --- one bad answer or entry never stops the forwarder ------------------------------------
+
+
+async def test_a_retry_after_too_long_for_a_float_is_a_bad_answer_not_a_crash(
+    receiver, spawn, store, secret_file, redis_client, redis_keys
+):
+    # Before, float(int("1" + 400 zeros)) raised OverflowError, which stopped the process;
+    # restarted (systemd), it met the same event and the same answer: a crash loop.
+    receiver.answer = lambda n, _event: "503-huge" if n <= 2 else "ok"
+    forwarder = spawn(
+        "--url", receiver.url, "--secret-file", str(secret_file), "--from", "start", *FAST_RETRIES
+    )
+    [event] = await _one_event(store)
+    await wait_until(
+        lambda: receiver.delivered_keys() == {event.event_id} or forwarder.process.poll(),
+        timeout_s=30,
+        message="the event delivered after two unreadable Retry-After answers",
+    )
+    assert forwarder.process.poll() is None, forwarder.log_path.read_text()[-2000:]
+    assert [r.status for r in receiver.requests] == [503, 503, 200]
+    await wait_until(lambda: group_drained(redis_client, redis_keys.events), message="acked")
+
+
+async def test_malformed_and_trimmed_entries_become_dead_letters_once_and_the_rest_goes_on(
+    receiver, spawn, store, redis_client, redis_keys, environ
+):
+    events_key = redis_keys.events
+    # A previous run of the same consumer read two events and died before sending them;
+    # then `audit archive` trimmed them from the stream.
+    await make_job(store, 1, "web", ["verify"])
+    await redis_client.xgroup_create(events_key, GROUP, id="0")
+    read = await redis_client.xreadgroup(GROUP, "forwarder", {events_key: ">"}, count=2)
+    trimmed = [raw_id.decode() for raw_id, _fields in read[0][1]]
+    await redis_client.xdel(events_key, *trimmed)
+    bogus = (await redis_client.xadd(events_key, {"event_id": "01JBOGUS", "v": "9" * 400})).decode()
+    good = await make_job(store, 2, "web", [])
+    forwarder = spawn("--url", receiver.url, *FAST_RETRIES)
+
+    dead_key = redis_keys.integration_dead(GROUP)
+    await wait_until(lambda: _xlen_is(redis_client, dead_key, 3), message="3 dead letters")
+    await wait_until(lambda: len(receiver.delivered()) == 1, message="the good event delivered")
+    await wait_until(lambda: group_drained(redis_client, events_key), message="all acknowledged")
+    assert json.loads(receiver.delivered()[0].body)["job_id"] == good
+    letters = json.loads(run_cli(environ, "dead", "--json").stdout)["dead"]
+    by_stream = {letter["stream_id"]: letter for letter in letters}
+    assert sorted(by_stream) == sorted([*trimmed, bogus])
+    for stream_id in trimmed:
+        assert by_stream[stream_id]["error"].startswith("trimmed: ")
+        assert by_stream[stream_id]["attempts"] == 0
+    assert by_stream[bogus]["error"].startswith("malformed: ")
+    assert by_stream[bogus]["event_id"] == "01JBOGUS"
+    assert forwarder.process.poll() is None
+    assert "webhook.undeliverable" in forwarder.log_path.read_text()
+
+    # A redrive cannot bring trimmed events back: they are reported and dropped, not
+    # queued to be buried again at every redrive. The malformed one keeps its reason.
+    redriven = run_cli(environ, "redrive", "--all")
+    assert redriven.returncode == 1
+    assert redriven.stdout.startswith("1 dead letter(s) queued")
+    for stream_id in trimmed:
+        assert stream_id in redriven.stderr
+    assert redriven.stderr.count("no longer in the event stream") == 2
+    await wait_until(
+        lambda: _xlen_is(redis_client, redis_keys.integration_redrive(GROUP), 0),
+        message="the redrive stream drained",
+    )
+    [again] = json.loads(run_cli(environ, "dead", "--json").stdout)["dead"]
+    assert (again["stream_id"], again["error"][:10]) == (bogus, "malformed:")
+    assert len(receiver.requests) == 1
+
+
+# --- the dead letters and the forwarder, in this process ----------------------------------
+
+
+async def _one_entry(store: EventStore) -> tuple[str, Event]:
+    """A job's only event, with its id in the stream."""
+    await make_job(store, 1, "web", [])
+    [(stream_id, fields)] = [entry async for entry in store.iter_stream_entries(store.keys.events)]
+    return stream_id, event_from_fields(fields, stream_id=stream_id)
+
+
+async def test_burying_an_entry_no_longer_pending_still_records_it_and_says_so(
+    redis_client, redis_keys, store
+):
+    letters = DeadLetters(redis_client, redis_keys, GROUP)
+    stream_id, event = await _one_entry(store)
+    # The group was re-created after the event was read: it is pending for nobody.
+    await redis_client.xgroup_create(redis_keys.events, GROUP, id="$", mkstream=True)
+    item = Pending(redis_keys.events, stream_id, stream_id, event, redriven=False)
+    first = await letters.bury(item, attempts=3, error="http 500", at_ms=1)
+    assert first.dead_id and not first.was_pending
+    assert [d.stream_id for d in await letters.entries()] == [stream_id]
+    # A retry after a lost answer must not record it twice.
+    again = await letters.bury(item, attempts=3, error="http 500", at_ms=1, even_if_settled=False)
+    assert again == Burial(dead_id="", was_pending=False)
+    assert len(await letters.entries()) == 1
+
+
+async def test_a_redriven_event_trimmed_since_is_dropped_not_buried_again(
+    redis_client, redis_keys, store
+):
+    letters = DeadLetters(redis_client, redis_keys, GROUP)
+    stream_id, event = await _one_entry(store)
+    await redis_client.xadd(
+        letters.redrive_stream,
+        {"stream_id": stream_id, "event_id": event.event_id, "job_id": event.job_id},
+    )
+    await redis_client.xdel(redis_keys.events, stream_id)  # `audit archive`
+    await letters.ensure_redrive_group()
+    yielded: list[Pending] = []
+
+    async def read() -> None:
+        async for item in letters.redriven("forwarder", block_ms=50, claim_idle_ms=60_000):
+            yielded.append(item)
+
+    reading = asyncio.create_task(read())
+    try:
+        await wait_until(
+            lambda: _xlen_is(redis_client, letters.redrive_stream, 0), message="dropped"
+        )
+    finally:
+        reading.cancel()
+    assert yielded == []
+    assert await redis_client.xlen(letters.dead) == 0
+    assert (await redis_client.xpending(letters.redrive_stream, GROUP))["pending"] == 0
+
+
+def _options(url: str, **changes: object) -> ForwarderOptions:
+    base = ForwarderOptions(
+        url=url,
+        secret=SECRET.encode(),
+        policy=RetryPolicy(max_attempts=3, base_s=0.02, max_s=0.2),
+        block_ms=100,
+        start_from_history=True,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+async def test_an_entry_read_again_after_its_copy_was_delivered_is_not_sent_twice(
+    receiver, store, redis_client, redis_keys
+):
+    # A is pending for a dead consumer, B for this one (it died while sending B). Started
+    # again with room for one event at a time, the forwarder takes back B and sends it
+    # (slowly), then XAUTOCLAIM hands back [A, B]: A waits for room while B is delivered,
+    # acknowledged and released. B must then be seen as settled, not queued and sent again.
+    job_a = await make_job(store, 1, "web", [])
+    job_b = await make_job(store, 2, "web", [])
+    events_key = redis_keys.events
+    await redis_client.xgroup_create(events_key, GROUP, id="0")
+    await redis_client.xreadgroup(GROUP, "gone", {events_key: ">"}, count=1)
+    await redis_client.xreadgroup(GROUP, "forwarder", {events_key: ">"}, count=1)
+    slow_once = {job_b}
+
+    def answer(_n: int, event: dict) -> str:
+        if event["job_id"] in slow_once:
+            slow_once.discard(event["job_id"])
+            return "slow"
+        return "ok"
+
+    receiver.answer = answer
+    async with aiohttp.ClientSession() as session:
+        sender = WebhookSender(session, receiver.url, secret=SECRET.encode(), timeout_s=5)
+        forwarder = WebhookForwarder(
+            redis_client,
+            redis_keys,
+            _options(receiver.url, max_in_flight=1, claim_idle_ms=0),
+            sender,
+        )
+        running = asyncio.create_task(forwarder.run())
+        try:
+            await wait_until(lambda: len(receiver.delivered()) >= 2, message="A and B sent")
+            # A third event is read only after the claimed batch [A, B] was dealt with, and
+            # with room for one event it is sent only after anything queued before it.
+            job_c = await make_job(store, 3, "web", [])
+            await wait_until(
+                lambda: any(json.loads(r.body)["job_id"] == job_c for r in receiver.delivered()),
+                message="C sent",
+            )
+        finally:
+            forwarder.stop()
+            await running
+    sent = [json.loads(r.body)["job_id"] for r in receiver.requests]
+    assert sorted(sent) == sorted([job_a, job_b, job_c]), sent
+    assert await group_drained(redis_client, events_key)
+
+
+class BuggySender:
+    """Stands for a bug in the sending code: raises for one job, sends the others."""
+
+    def __init__(self, real: WebhookSender, broken_job: str) -> None:
+        self._real = real
+        self._broken_job = broken_job
+
+    async def send(self, event: Event) -> Outcome:
+        if event.job_id == self._broken_job:
+            raise RuntimeError("a bug")
+        return await self._real.send(event)
+
+
+async def test_a_bug_while_delivering_one_event_buries_it_and_the_forwarder_goes_on(
+    receiver, store, redis_client, redis_keys
+):
+    broken = await make_job(store, 1, "web", [])
+    fine = await make_job(store, 2, "web", ["verify"])
+    async with aiohttp.ClientSession() as session:
+        real = WebhookSender(session, receiver.url, secret=SECRET.encode(), timeout_s=5)
+        forwarder = WebhookForwarder(
+            redis_client, redis_keys, _options(receiver.url), BuggySender(real, broken)
+        )
+        running = asyncio.create_task(forwarder.run())
+        try:
+            await wait_until(lambda: len(receiver.delivered()) == 2, message="the others sent")
+            await wait_until(
+                lambda: group_drained(redis_client, redis_keys.events), message="all settled"
+            )
+        finally:
+            forwarder.stop()
+            await running  # raised the bug before
+    assert {json.loads(r.body)["job_id"] for r in receiver.delivered()} == {fine}
+    [letter] = await DeadLetters(redis_client, redis_keys, GROUP).entries()
+    assert (letter.job_id, letter.error) == (broken, "forwarder error: RuntimeError")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:s3cret-pw@127.0.0.1:1/0", "unix:///nonexistent/redis.sock?password=s3cret-pw"],
+)
+@pytest.mark.parametrize("command", [("dead",), ("redrive", "--all")])
+def test_a_redis_password_never_shows_in_the_commands_errors(environ, url, command):
+    result = run_cli({**environ, "PROV_REDIS_URL": url}, *command)
+    assert result.returncode == 3, result.stderr
+    assert "cannot reach Redis at " in result.stderr
+    assert "s3cret-pw" not in result.stdout + result.stderr

@@ -78,6 +78,23 @@ def test_retry_after_is_read_as_seconds_or_an_http_date():
     assert parse_retry_after(None, now=now) is None
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1" + "0" * 308,  # past a float: OverflowError before
+        "9" * 5000,  # past int()'s digit limit: ValueError before
+        "12345678901",  # over 300 years: no wait a receiver means
+        "Mon, 01 Jan 99999 00:00:00 GMT",  # a date that does not exist
+    ],
+)
+def test_an_unreadable_retry_after_is_ignored_rather_than_raising(value):
+    assert parse_retry_after(value, now=0.0) is None
+
+
+def test_retry_after_with_leading_zeros_is_read_as_its_number():
+    assert parse_retry_after("0" * 400 + "7", now=0.0) == 7.0
+
+
 def test_a_policy_without_attempts_or_with_an_inverted_backoff_is_refused():
     with pytest.raises(ValueError, match="max_attempts"):
         RetryPolicy(max_attempts=0)
@@ -125,6 +142,19 @@ def test_credentials_in_the_url_are_hidden_in_logs():
         == "https://***@hooks.example:8443/in?a=1"
     )
     assert redact_url("https://hooks.example/in") == "https://hooks.example/in"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@10.0.0.5:6379/0", "redis://***@10.0.0.5:6379/0"),
+        ("rediss://app:s3cret@[::1]:6380", "rediss://***@[::1]:6380"),
+        ("unix:///run/redis.sock?db=2&password=s3cret", "unix:///run/redis.sock?db=2&password=***"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)
+def test_a_redis_password_is_hidden_in_either_place_a_url_can_hold_it(url, shown):
+    assert redact_url(url) == shown
 
 
 def test_the_secret_file_is_read_stripped(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 
 import pytest
 
@@ -77,10 +78,18 @@ def _v1() -> str:
         f"t={NOW},t={NOW},v1={'0' * 64}",  # twice
         f"t={NOW};v1={'0' * 64}",  # wrong separator
         "t=" + "9" * 5000 + ",v1=" + "0" * 64,  # oversized
+        "t=" + "1" * 13 + ",v1=" + "0" * 64,  # more digits than any unix time
     ],
 )
 def test_a_malformed_header_is_refused(header):
     assert not verify_signature(SECRET, header, BODY, 300, NOW)
+
+
+@pytest.mark.parametrize("digits", ["2" + "0" * 308, "9" * 400, "9" * 2000])
+def test_a_timestamp_past_what_a_float_holds_is_refused_not_raised(digits):
+    # With a float clock (time.time()), `now - t` raised OverflowError for these.
+    header = f"t={digits},v1={_v1()}"
+    assert not verify_signature(SECRET, header, BODY, 300, time.time())
 
 
 def test_an_upper_case_signature_is_refused_since_the_sender_writes_lower_case():
