@@ -6,17 +6,16 @@ open in memory, is what lets an audit check millions of events quickly: each eve
 hashed, MAC-checked and walked through the machine exactly once, and a job leaves memory as
 soon as its terminal event has passed.
 
-For each entry the pass also keeps a digest of its raw fields (SHA-1 of the length-framed field
-names and values, as `lua/job_digests.lua` computes it inside Redis), so the caller can
-compare each job's own stream with the global copy without reading it in full.
+For each entry the pass also keeps its fields in a comparable form (`digest_entry`, which
+`lua/job_digests.lua` builds inside Redis too), so the caller can compare each job's own stream
+with the global copy in one round trip per batch of jobs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from core.errors import TamperError
 from core.keyring import KeyRing
@@ -25,13 +24,27 @@ from statemachine.machine import NO_STATE, TERMINAL_STATES
 from statemachine.replay import JobReplayer, ReplayedJob
 
 
-def entry_digest(flat: Sequence[bytes]) -> str:
-    """The digest of one raw stream entry's fields (names and values, in stored order).
+def entry_digest(flat: Sequence[bytes]) -> bytes:
+    """The comparable form of one raw stream entry (names and values, in stored order)."""
+    return digest_entry(flat)[0]
 
-    Each field is framed as `<byte length>:<bytes>`, so no value can pass for two.
+
+def digest_entry(flat: Sequence[bytes]) -> tuple[bytes, bool]:
+    """The entry's comparable form, and whether it is regular (no field holds byte 0x1e).
+
+    A regular entry (every entry the store writes) is "J", its number of fields, "|" and the
+    fields joined by 0x1e: `lua/job_digests.lua` builds the same inside Redis, and two lists
+    of fields with equal such forms, one of them regular, are equal. (Comparing the bytes
+    costs less than hashing them on both sides.) An irregular entry is "F" and each field
+    framed as `<byte length>:<bytes>`, and its job is compared outside Redis.
     """
-    framed = b"".join(b"%d:%b" % (len(value), value) for value in flat)
-    return hashlib.sha1(framed, usedforsecurity=False).hexdigest()
+    joined = _SEPARATOR.join(flat)
+    if joined.count(_SEPARATOR) == len(flat) - 1:
+        return b"J%d|" % len(flat) + joined, True
+    return b"F" + b"".join(b"%d:%b" % (len(value), value) for value in flat), False
+
+
+_SEPARATOR: Final = b"\x1e"
 
 
 def _job_id_of(flat: Sequence[bytes]) -> bytes:
@@ -45,8 +58,11 @@ def _job_id_of(flat: Sequence[bytes]) -> bytes:
 
 
 def job_share(job_id: bytes, count: int) -> int:
-    """Which of `count` parallel passes checks this job (stable across processes)."""
-    return zlib.crc32(job_id) % count
+    """Which of `count` parallel passes checks this job: its id's last byte modulo `count`.
+
+    The last character of a ULID is random, so shares come out even.
+    """
+    return (job_id[-1] if job_id else 0) % count
 
 
 @dataclass(slots=True)
@@ -55,21 +71,19 @@ class PassedJob:
 
     replayed: ReplayedJob
     # (event id, entry digest) of each of the job's entries, in global order.
-    digests: list[tuple[str, str]] = field(default_factory=list)
+    digests: list[tuple[str, bytes]] = field(default_factory=list)
     # The global stream id of the job's last entry in the pass.
     last_stream_id: str = ""
     # A record opened by events that came after the job had ended (its first record was
     # handed out already): it carries the problem, and is not a job of its own.
     late: bool = False
+    # An entry of the job holds the byte 0x1e: its streams are compared outside Redis.
+    irregular: bool = False
 
     @property
     def job_id(self) -> str:
         """The job replayed."""
         return self.replayed.job_id
-
-    def flat_digests(self) -> list[bytes]:
-        """The digests as `lua/job_digests.lua` answers: event id, digest, event id, ..."""
-        return [text.encode() for pair in self.digests for text in pair]
 
     @property
     def anchored(self) -> bool:
@@ -80,9 +94,10 @@ class PassedJob:
 @dataclass(slots=True)
 class _OpenJob:
     replayer: JobReplayer
-    digests: list[tuple[str, str]]
+    digests: list[tuple[str, bytes]]
     last_stream_id: str = ""
     late: bool = False
+    irregular: bool = False
 
 
 class HistoryPass:
@@ -103,12 +118,15 @@ class HistoryPass:
         *,
         partial: str = "report",
         share: tuple[int, int] | None = None,
+        digests: bool = True,
     ) -> None:
         if partial not in ("report", "anchor", "skip"):
             raise ValueError(f"partial must be report, anchor or skip, not {partial!r}")
         # (index, count): this pass checks only the jobs `job_share` gives to `index`, so
         # `count` processes can split one history between them.
         self._share = share
+        # Without digests (a replay that compares no streams), entries keep their event ids.
+        self._digests = digests
         self._ring = ring
         self._on_job = on_job
         self._partial = partial
@@ -132,7 +150,7 @@ class HistoryPass:
         ):
             return
         self.events += 1
-        digest = entry_digest(flat)
+        digest, regular = digest_entry(flat) if self._digests else (b"", True)
         try:
             event, detail_text = parse_flat_event(flat, stream_id=stream_id)
         except TamperError as error:
@@ -141,6 +159,7 @@ class HistoryPass:
                 job.replayer.malformed(TamperError(error.job_id, stream_id, error.problem))
                 job.digests.append((error.event_id, digest))
                 job.last_stream_id = stream_id
+                job.irregular = job.irregular or not regular
             return
         job = self._job(event.job_id, event)
         if job is None:
@@ -148,6 +167,7 @@ class HistoryPass:
         job.replayer.add(event, detail_text=detail_text)
         job.digests.append((event.event_id, digest))
         job.last_stream_id = stream_id
+        job.irregular = job.irregular or not regular
         if event.dst in TERMINAL_STATES:
             self._finish(event.job_id, event.dst)
 
@@ -191,6 +211,7 @@ class HistoryPass:
             digests=job.digests,
             last_stream_id=job.last_stream_id,
             late=job.late,
+            irregular=job.irregular,
         )
 
     def finish(self) -> None:
