@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -38,7 +39,8 @@ from statemachine.store import EventStore
 # Entries per XRANGE of the global stream, and jobs per snapshot/digest round trip: large
 # enough that round trips vanish next to the checking, small enough to keep replies modest.
 READ_BATCH: Final = 1000
-CHECK_BATCH: Final = 500
+CHECK_BATCH: Final = 100
+CHECKS_IN_FLIGHT: Final = 3
 
 # Snapshot fields that point to the archive holding an archived job's events.
 ARCHIVED_TO: Final = "archived_to"
@@ -535,8 +537,8 @@ async def _audit_all(
     history = HistoryPass(ring, checker.add, partial=partial, share=share, digests=check_streams)
     start = "-" if since_ms is None else f"{since_ms}-0"
     # While Python checks one batch, Redis prepares the next read and the checks of the jobs
-    # that finished before: one check in flight at a time keeps memory bounded.
-    in_flight: asyncio.Task[None] | None = None
+    # that finished before: a few checks in flight at a time keep memory bounded.
+    in_flight: deque[asyncio.Task[None]] = deque()
     # Every process of a parallel audit reads the whole stream and checks its share: a
     # filter inside Redis (tried) blocks the server for all of them and is slower.
     async for batch in prefetched(raw_batches(store.client, store.keys.events, start=start)):
@@ -545,15 +547,15 @@ async def _audit_all(
         if batch:
             checker.read_until_ms = _milliseconds(batch[-1][0])
         if checker.full:
-            if in_flight is not None:
-                await in_flight
-            in_flight = asyncio.create_task(checker.flush())
-        # Let the reader send the next request (and the check its pipeline) now, so Redis
-        # prepares them while this batch is checked.
+            if len(in_flight) >= CHECKS_IN_FLIGHT:
+                await in_flight.popleft()
+            in_flight.append(asyncio.create_task(checker.flush()))
+        # Let the reader send the next request (and the checks their pipelines) now, so
+        # Redis prepares them while this batch is checked.
         await asyncio.sleep(0)
     history.finish()
-    if in_flight is not None:
-        await in_flight
+    for task in in_flight:
+        await task
     await checker.flush()
     if since_ms is not None:
         return summary
