@@ -24,7 +24,6 @@ from statemachine.replay import replay_job, snapshot_drift
 from statemachine.store import AppendEntry, EventStore, IndexJob, ScheduleRetry
 from tests.agent_support import (
     agent_environ,
-    make_ring,
     submit,
     wait_for_state,
     wait_until,
@@ -39,26 +38,9 @@ FAST_RETRY = {"max_retries": 2, "base_delay": 0.2, "factor": 2}
 
 
 @pytest.fixture
-def installers(tmp_path: Path) -> Path:
-    path = tmp_path / "installers"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def effects(tmp_path: Path) -> Path:
     """A file each test installer appends `job attempt pid` to: proof of what ran."""
     return tmp_path / "effects.log"
-
-
-@pytest.fixture
-def ring(tmp_path: Path) -> KeyRing:
-    return make_ring(tmp_path / "hmac.keys")
-
-
-@pytest.fixture
-def store(redis_client, redis_keys, ring) -> EventStore:
-    return EventStore(redis_client, redis_keys, ring)
 
 
 @pytest.fixture

@@ -17,18 +17,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.metrics import AgentMetrics
 from agent.metrics_server import start_metrics_server
-from core.keyring import KeyRing
 from core.keys import AGENTS_GROUP
 from core.reasons import Reason
 from core.retry import Fail
 from core.settings import PanelSettings
 from panel.app import create_app
 from statemachine.consumer import EventConsumer
-from statemachine.store import EventStore
 from statemachine.stream_metrics import read_stream_stats
 from tests.agent_support import (
     agent_environ,
-    make_ring,
     provision_argv,
     submit,
     wait_for_state,
@@ -40,23 +37,6 @@ from tests.auth_support import bearer, make_token
 pytestmark = [pytest.mark.redis]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture
-def installers(tmp_path: Path) -> Path:
-    path = tmp_path / "installers"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def ring(tmp_path: Path) -> KeyRing:
-    return make_ring(tmp_path / "hmac.keys")
-
-
-@pytest.fixture
-def store(redis_client, redis_keys, ring) -> EventStore:
-    return EventStore(redis_client, redis_keys, ring)
 
 
 @pytest.fixture

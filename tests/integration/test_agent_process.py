@@ -6,17 +6,14 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from core.keyring import KeyRing
 from core.keys import AGENTS_GROUP
 from statemachine.store import EventStore
 from tests.agent_support import (
     agent_environ,
-    make_ring,
     provision_argv,
     submit,
     wait_for_state,
@@ -57,45 +54,6 @@ class AgentProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-@pytest.fixture
-def installers(tmp_path: Path) -> Path:
-    path = tmp_path / "installers"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def ring(tmp_path: Path) -> KeyRing:
-    return make_ring(tmp_path / "hmac.keys")
-
-
-@pytest.fixture
-def store(redis_client, redis_keys, ring) -> EventStore:
-    return EventStore(redis_client, redis_keys, ring)
-
-
-@pytest.fixture
-def spawn(tmp_path, redis_url, namespace, installers) -> Iterator:
-    processes: list[AgentProcess] = []
-
-    def start(agent_id: str, **extra: str) -> AgentProcess:
-        env = agent_environ(
-            redis_url=redis_url,
-            namespace=namespace,
-            keys_file=tmp_path / "hmac.keys",
-            installers=installers,
-            agent_id=agent_id,
-            **extra,
-        )
-        process = AgentProcess(env, tmp_path / f"{agent_id}.log")
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.close()
 
 
 def runs_of(effects: Path, job_id: str) -> list[str]:

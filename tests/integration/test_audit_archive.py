@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from core.keyring import KeyRing
 from statemachine.export import export_events
 from statemachine.store import EventStore, IndexJob
 from tests.agent_support import make_ring
@@ -17,16 +16,6 @@ from tests.integration.test_audit_cli import audit
 pytestmark = pytest.mark.redis
 
 SUCCESS = [("verify", {}), ("validate", {}), ("start", {}), ("succeed", {"exit_code": 0})]
-
-
-@pytest.fixture
-def ring(tmp_path: Path) -> KeyRing:
-    return make_ring(tmp_path / "hmac.keys")
-
-
-@pytest.fixture
-def store(redis_client, redis_keys, ring) -> EventStore:
-    return EventStore(redis_client, redis_keys, ring)
 
 
 async def new_job(store: EventStore, number: int, path=SUCCESS) -> str:

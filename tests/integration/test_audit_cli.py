@@ -6,14 +6,12 @@ import asyncio
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from core.keyring import KeyRing, append_new_key, load_keyring
 from statemachine.events import compute_hash, compute_mac, event_from_fields
 from statemachine.store import EventStore, IndexJob
-from tests.agent_support import make_ring
 from tests.keyring_fixtures import ring_of
 
 pytestmark = pytest.mark.redis
@@ -30,16 +28,6 @@ PATHS = {
     ],
     "cancelled": [("verify", {}), ("cancel", {"reason": "cancelled"})],
 }
-
-
-@pytest.fixture
-def ring(tmp_path: Path) -> KeyRing:
-    return make_ring(tmp_path / "hmac.keys")
-
-
-@pytest.fixture
-def store(redis_client, redis_keys, ring) -> EventStore:
-    return EventStore(redis_client, redis_keys, ring)
 
 
 async def make_jobs(store: EventStore) -> dict[str, str]:

@@ -16,17 +16,14 @@ import json
 import random
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from core.keyring import KeyRing
 from panel.jobs import CannotCancel, JobService
 from statemachine.audit import JobAudit, audit_all
 from statemachine.store import EventStore
-from tests.agent_support import agent_environ, make_ring, submit, wait_until, write_app
-from tests.integration.test_agent_process import AgentProcess
+from tests.agent_support import submit, wait_until, write_app
 from tests.integration.test_audit_cli import audit
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -56,44 +53,6 @@ def _apps(folder: Path) -> None:
             retry={"max_retries": 3, "base_delay": 0.2, "factor": 1},
         )
     write_app(folder, "waiting", "sleep 20", timeout=60)
-
-
-@pytest.fixture
-def installers(tmp_path: Path) -> Path:
-    path = tmp_path / "installers"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def ring(tmp_path: Path) -> KeyRing:
-    return make_ring(tmp_path / "hmac.keys")
-
-
-@pytest.fixture
-def store(redis_client, redis_keys, ring) -> EventStore:
-    return EventStore(redis_client, redis_keys, ring)
-
-
-@pytest.fixture
-def spawn(tmp_path, redis_url, namespace, installers) -> Iterator[Callable[..., AgentProcess]]:
-    processes: list[AgentProcess] = []
-
-    def start(agent_id: str, **extra: str) -> AgentProcess:
-        env = agent_environ(
-            redis_url=redis_url,
-            namespace=namespace,
-            keys_file=tmp_path / "hmac.keys",
-            installers=installers,
-            agent_id=agent_id,
-            **extra,
-        )
-        processes.append(AgentProcess(env, tmp_path / f"{agent_id}.log"))
-        return processes[-1]
-
-    yield start
-    for process in processes:
-        process.close()
 
 
 @pytest.mark.timeout(420)

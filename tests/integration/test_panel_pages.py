@@ -27,7 +27,7 @@ from panel import appkeys
 from panel.app import create_app
 from panel.job_display import FAILURE_HELP
 from statemachine.store import EventStore, ScheduleRetry
-from tests.agent_support import make_ring, write_app
+from tests.agent_support import write_app
 from tests.auth_support import bearer, make_token
 
 pytestmark = pytest.mark.redis
@@ -168,11 +168,6 @@ def installers(tmp_path: Path) -> Path:
     )
     (broken / "install.sh").write_text("#!/bin/sh\n")
     return root
-
-
-@pytest.fixture
-def ring(tmp_path: Path) -> KeyRing:
-    return make_ring(tmp_path / "hmac.keys")
 
 
 def settings_for(redis_url: str, namespace: str, installers: Path, tmp_path: Path) -> PanelSettings:
