@@ -29,9 +29,9 @@ from statemachine.archive_record import (
     pointer_problem,
 )
 from statemachine.audit import ARCHIVED_TO
-from statemachine.events import Event, event_from_fields
+from statemachine.events import Event, event_from_fields, parse_event
 from statemachine.machine import QUEUED, RETRY_WAIT, STATES, TERMINAL_STATES
-from statemachine.replay import replay_job, snapshot_drift
+from statemachine.replay import JobReplayer, ReplayedJob, snapshot_drift
 from statemachine.store import EventStore, Unschedule
 
 MAX_PAGE: Final = 200
@@ -210,7 +210,7 @@ class JobService:
         return job_view(snapshot) if snapshot else None
 
     async def events(self, job_id: str) -> list[Event]:
-        """Every event of the job that parses, in order (`verification` names any other)."""
+        """Every event of the job that parses, in order (`verified_timeline` names any other)."""
         if not is_job_id(job_id):
             return []
         events: list[Event] = []
@@ -223,14 +223,29 @@ class JobService:
                 continue
         return events
 
-    async def verification(self, job_id: str) -> JobVerification:
-        """The job's record checked as `provision audit verify --job` checks its own stream.
+    async def verified_timeline(self, job_id: str) -> tuple[list[Event], JobVerification]:
+        """The job's events that parse, and its record checked as `provision audit verify
+        --job` checks its own stream, from one read of that stream.
 
         Every event's hash, `prev` link and MAC under the key ring, every transition
         through the machine, and the stored snapshot against the one the events produce.
         (Agreement with the global stream needs a pass over all of it: the CLI does that.)
         """
-        replayed = await replay_job(self._store, self._ring_source(), job_id)
+        events: list[Event] = []
+        replayer = JobReplayer(job_id, self._ring_source())
+        async for stream_id, fields in self._store.iter_stream_entries(
+            self._keys.job_events(job_id)
+        ):
+            try:
+                event, detail_text = parse_event(fields, stream_id=stream_id)
+            except TamperError as error:
+                replayer.malformed(error)
+                continue
+            events.append(event)
+            replayer.add(event, detail_text=detail_text)
+        return events, await self._verification(job_id, replayer.finish())
+
+    async def _verification(self, job_id: str, replayed: ReplayedJob) -> JobVerification:
         snapshot = await self._store.snapshot(job_id)
         pointer = (snapshot or {}).get(ARCHIVED_TO, "")
         if pointer and not replayed.event_count:

@@ -314,8 +314,7 @@ async def job_page(request: web.Request) -> web.Response:
     if job is None:
         return _not_found(request, "job")
     jobs = request.app[appkeys.JOBS]
-    events = await jobs.events(job["job_id"])
-    verification = await jobs.verification(job["job_id"])
+    events, verification = await jobs.verified_timeline(job["job_id"])
     lines = await jobs.log(job["job_id"])
     app = request.app[appkeys.CATALOGUE].current().get(job["app_id"])
     sentence, hint = failure_help(job["reason"])
