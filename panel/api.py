@@ -10,6 +10,7 @@ from aiohttp import web
 from core.catalogue import AppEntry
 from core.errors import FormError
 from core.manifest import InputSpec, Manifest
+from core.stream_ids import is_stream_id
 from core.strict_json import StrictJSONError, strict_loads
 from core.validation import MAX_VALUE_BYTES
 from panel import appkeys
@@ -294,22 +295,10 @@ async def get_log(request: web.Request) -> web.Response:
     if job_id is None or await jobs.get(job_id) is None:
         return json_error(404, "no such job")
     after = request.query.get("after", "")
-    if "after" in request.query and not _is_stream_id(after):
+    if "after" in request.query and not is_stream_id(after):
         return json_error(400, "after must be a log line id such as 1700000000000-0")
     lines = await jobs.log(job_id, after=after)
     return _json({"lines": [line.as_dict() for line in lines]})
-
-
-def _is_stream_id(value: str) -> bool:
-    millis, dash, seq = value.partition("-")
-    return (
-        bool(dash)
-        and millis.isascii()
-        and millis.isdigit()
-        and seq.isascii()
-        and seq.isdigit()
-        and len(value) <= 41
-    )
 
 
 @routes.post("/api/jobs/{job_id}/cancel")

@@ -18,6 +18,7 @@ from typing import Any, Final, cast
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from core.stream_ids import is_stream_id
 from panel import appkeys
 from panel.errors import json_error
 from panel.jobs import is_job_id, log_line_from_fields
@@ -38,14 +39,9 @@ def parse_cursor(last_event_id: str | None) -> tuple[str, str]:
     if not last_event_id:
         return EMPTY_CURSOR, EMPTY_CURSOR
     events, _, log = last_event_id.partition("/")
-    if _is_stream_id(events) and _is_stream_id(log):
+    if is_stream_id(events) and is_stream_id(log):
         return events, log
     return EMPTY_CURSOR, EMPTY_CURSOR
-
-
-def _is_stream_id(value: str) -> bool:
-    millis, dash, seq = value.partition("-")
-    return bool(dash) and millis.isdigit() and seq.isdigit() and millis.isascii() and seq.isascii()
 
 
 def _order_key(stream_id: str, kind: str, fields: dict[Any, Any]) -> tuple[int, int, int]:

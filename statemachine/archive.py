@@ -33,6 +33,7 @@ from ulid import ULID
 
 from core.errors import ProvisionError
 from core.keyring import KeyRing
+from core.stream_ids import next_stream_id, stream_id_key
 from statemachine.archive_record import (
     ArchiveRecord,
     archive_pointer,
@@ -58,11 +59,6 @@ class ArchiveOutcome:
     record: ArchiveRecord
     jobs_archived: int
     events_trimmed: int
-
-
-def _next_id(stream_id: str) -> str:
-    milliseconds, sequence = stream_id.split("-")
-    return f"{milliseconds}-{int(sequence) + 1}"
 
 
 async def archive_history(
@@ -157,16 +153,9 @@ async def archive_history(
         archived += await _archive_jobs(
             store, ring, archive_id, finished[first : first + CHECK_BATCH]
         )
-    trimmed = int(
-        await client.xtrim(store.keys.events, minid=_next_id(exported.last_id), approximate=False)
-    )
+    cut = next_stream_id(exported.last_id)
+    trimmed = int(await client.xtrim(store.keys.events, minid=cut, approximate=False))
     return ArchiveOutcome(record=record, jobs_archived=archived, events_trimmed=trimmed)
-
-
-def stream_id_key(stream_id: str) -> tuple[int, int]:
-    """A stream id as (milliseconds, sequence), for comparing ids."""
-    head, _, tail = stream_id.partition("-")
-    return (int(head) if head.isdigit() else 0, int(tail) if tail.isdigit() else 0)
 
 
 async def oldest_needed_entry(client: aioredis.Redis, key: str) -> str | None:
@@ -179,7 +168,7 @@ async def oldest_needed_entry(client: aioredis.Redis, key: str) -> str | None:
     for group in groups:
         name = group["name"]
         last = _text(group["last-delivered-id"])
-        needed.append(_next_id(last))
+        needed.append(next_stream_id(last))
         pending: dict[str, Any] = await client.xpending(key, name)
         if pending.get("pending"):
             needed.append(_text(pending["min"]))

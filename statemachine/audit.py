@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 
 from core.errors import TamperError
 from core.keyring import KeyRing
+from core.stream_ids import stream_id_key
 from statemachine.archive_record import (
     ArchiveRecord,
     load_archive_records,
@@ -254,11 +255,6 @@ async def global_entries(store: EventStore, ring: KeyRing, job_id: str) -> Passe
     return first
 
 
-def _milliseconds(stream_id: str) -> int:
-    head = stream_id.partition("-")[0]
-    return int(head) if head.isdigit() else 0
-
-
 def stream_disagreement(
     job_id: str,
     own: list[tuple[str, str, bytes]],
@@ -278,7 +274,7 @@ def stream_disagreement(
     kept: list[tuple[str, bytes]] = []
     for stream_id, event_id, digest in own:
         if event_id not in seen_ids:
-            moment = _milliseconds(stream_id)
+            moment = stream_id_key(stream_id)[0]
             if archive_cut_ms is not None and moment <= archive_cut_ms:
                 continue
             if read_until_ms is not None and moment > read_until_ms:
@@ -445,18 +441,12 @@ class _Checker:
             # then they are all older than the archive's last entry, and still check out.
             audit.problems.extend(passed.replayed.problems)
             record = self._archives.get(pointer_archive_id(pointer))
-            if record is None or _later(passed.last_stream_id, record.last_entry_id):
+            if record is None or stream_id_key(passed.last_stream_id) > stream_id_key(
+                record.last_entry_id
+            ):
                 audit.problems.append(
                     TamperError(job_id, "", "global events written after the job was archived")
                 )
-
-
-def _later(stream_id: str, other: str) -> bool:
-    def key(identifier: str) -> tuple[int, int]:
-        head, _, tail = identifier.partition("-")
-        return (int(head) if head.isdigit() else 0, int(tail) if tail.isdigit() else 0)
-
-    return key(stream_id) > key(other)
 
 
 async def audit_job(
@@ -466,7 +456,7 @@ async def audit_job(
     archives = await load_archive_records(store.client, store.keys, ring)
     checker = _Checker(store, ring, archives, check_streams=check_streams, on_job=lambda _: None)
     newest = cast(list[tuple[bytes, Any]], await store.client.xrevrange(store.keys.events, count=1))
-    checker.read_until_ms = _milliseconds(_text(newest[0][0])) if newest else 0
+    checker.read_until_ms = stream_id_key(_text(newest[0][0]))[0] if newest else 0
     passed = await global_entries(store, ring, job_id) if check_streams else None
     return await checker.slow(job_id, await store.snapshot(job_id), passed)
 
@@ -545,7 +535,7 @@ async def _audit_all(
         for stream_id, flat in batch:
             history.add(stream_id, flat)
         if batch:
-            checker.read_until_ms = _milliseconds(batch[-1][0])
+            checker.read_until_ms = stream_id_key(batch[-1][0])[0]
         if checker.full:
             if len(in_flight) >= CHECKS_IN_FLIGHT:
                 await in_flight.popleft()

@@ -20,6 +20,7 @@ PURE_MODULES = [
     "errors",
     "reasons",
     "strict_json",
+    "stream_ids",
 ]
 FORBIDDEN = {"redis", "aiohttp", "subprocess", "socket", "asyncio"}
 
