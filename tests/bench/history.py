@@ -9,6 +9,7 @@ auditor and a realistic "long history" for the job path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import redis.asyncio as aioredis
@@ -29,10 +30,10 @@ _RUN: Final = (
 )
 
 
-def _detail(trigger: str, job_number: int, app_count: int) -> dict[str, object]:
+def _detail(trigger: str, job_number: int, app_id: str) -> dict[str, object]:
     if trigger == "submit":
         return {
-            "app_id": f"bench-app-{job_number % app_count}",
+            "app_id": app_id,
             "app_version": "1.0.0",
             "target": "local",
             "requested_by": "bench",
@@ -47,7 +48,15 @@ def _detail(trigger: str, job_number: int, app_count: int) -> dict[str, object]:
     return {}
 
 
-def job_events(ring: KeyRing, job_number: int, at_ms: int, app_count: int) -> list[Event]:
+def _app_of(job_number: int, app_count: int, app_ids: Sequence[str]) -> str:
+    if app_ids:
+        return app_ids[job_number % len(app_ids)]
+    return f"bench-app-{job_number % app_count}"
+
+
+def job_events(
+    ring: KeyRing, job_number: int, at_ms: int, app_count: int, app_ids: Sequence[str] = ()
+) -> list[Event]:
     """The five chained events of one successful job."""
     job_id = str(ULID())
     events: list[Event] = []
@@ -62,7 +71,7 @@ def job_events(ring: KeyRing, job_number: int, at_ms: int, app_count: int) -> li
             at=at_ms + step,
             actor="agent:bench" if step else "panel:bench",
             attempt=1 if step >= 3 else 0,
-            detail=_detail(trigger, job_number, app_count),
+            detail=_detail(trigger, job_number, _app_of(job_number, app_count, app_ids)),
             prev=prev,
         )
         events.append(event)
@@ -78,14 +87,18 @@ async def write_history(
     jobs: int,
     start_ms: int,
     app_count: int = 8,
+    app_ids: Sequence[str] = (),
+    spacing_ms: int = 1,
     batch_jobs: int = 500,
 ) -> int:
-    """Write `jobs` finished jobs (five events each); returns the number of events written."""
+    """Write `jobs` finished jobs (five events each), `spacing_ms` apart, over `app_ids` (else
+    `app_count` made-up apps); returns the number of events written."""
     written = 0
     for first in range(0, jobs, batch_jobs):
         pipe = client.pipeline(transaction=False)
         for number in range(first, min(first + batch_jobs, jobs)):
-            events = job_events(ring, number, start_ms + number, app_count)
+            at_ms = start_ms + number * spacing_ms
+            events = job_events(ring, number, at_ms, app_count, app_ids)
             snapshot: dict[str, str] = {"cancel_requested": "0", "entry_id": ""}
             for event in events:
                 fields = event.stream_fields()

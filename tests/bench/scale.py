@@ -17,76 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import Any
 
 import redis.asyncio as aioredis
-from ulid import ULID
 
-from core.keyring import KeyRing
-from core.keys import RedisKeys
-from statemachine.events import new_event
-from statemachine.snapshot import apply_event
 from tests.bench import latency
 from tests.bench.harness import World, median, world
+from tests.bench.history import write_history
 from tests.bench.memory import drain_queue
 from tests.bench.throughput import provision_run
 
-_RUN = (
-    ("submit", "", "queued", 0),
-    ("verify", "queued", "verified", 0),
-    ("validate", "verified", "validated", 0),
-    ("start", "validated", "running", 1),
-    ("succeed", "running", "succeeded", 1),
-)
 BATCH_JOBS = 1000
 TARGET_RATIO = 0.9
-
-
-def _details(app_id: str, entry_id: str) -> dict[str, dict[str, Any]]:
-    return {
-        "submit": {
-            "app_id": app_id,
-            "app_version": "1.0.0",
-            "app_fingerprint": "sha256:" + "0" * 64,
-            "target": "local",
-            "requested_by": "bench",
-            "inputs": {},
-            "secret_fingerprints": {},
-            "expires_at": 0,
-        },
-        "verify": {"entry_id": entry_id, "kid": "k"},
-        "validate": {},
-        "start": {"entry_id": entry_id, "script": "install.sh"},
-        "succeed": {"exit_code": 0, "duration_s": 0.003},
-    }
-
-
-def _queue_job(pipe: Any, keys: RedisKeys, ring: KeyRing, app_id: str, at_ms: int) -> None:
-    job_id = str(ULID())
-    entry_id = f"{at_ms}-0"
-    details = _details(app_id, entry_id)
-    snapshot: dict[str, str] = {"cancel_requested": "0", "entry_id": entry_id}
-    prev = ""
-    for step, (trigger, src, dst, attempt) in enumerate(_RUN):
-        event = new_event(
-            ring,
-            job_id=job_id,
-            trigger=trigger,
-            src=src,
-            dst=dst,
-            at=at_ms + step,
-            actor="agent:history" if step else "panel:bench",
-            attempt=attempt,
-            detail=details[trigger],
-            prev=prev,
-        )
-        prev = event.hash
-        fields = event.stream_fields()
-        pipe.xadd(keys.job_events(job_id), fields)
-        pipe.xadd(keys.events, fields)
-        snapshot.update(apply_event(snapshot, event))
-    pipe.hset(keys.job(job_id), mapping=snapshot)
-    pipe.zadd(keys.jobs_index, {job_id: at_ms})
 
 
 async def fill_history(built: World, jobs: int) -> float:
@@ -96,12 +37,16 @@ async def fill_history(built: World, jobs: int) -> float:
     started = time.perf_counter()
     base_ms = int(time.time() * 1000) - jobs * 10
     try:
-        for first in range(0, jobs, BATCH_JOBS):
-            pipe = client.pipeline(transaction=False)
-            for number in range(first, min(first + BATCH_JOBS, jobs)):
-                app_id = built.app_ids[number % len(built.app_ids)]
-                _queue_job(pipe, keys, ring, app_id, base_ms + number * 10)
-            await pipe.execute()
+        await write_history(
+            client,
+            keys,
+            ring,
+            jobs=jobs,
+            start_ms=base_ms,
+            app_ids=built.app_ids,
+            spacing_ms=10,
+            batch_jobs=BATCH_JOBS,
+        )
         elapsed = time.perf_counter() - started
         # The bulk load makes Redis rewrite its append-only file (a fork that competes for
         # the two cores): measure the steady state after it, not the rewrite.
