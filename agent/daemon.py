@@ -35,6 +35,7 @@ from core.keys import AGENTS_GROUP, RedisKeys
 from core.reasons import Reason
 from core.retry import Fail
 from core.settings import AgentSettings
+from core.text import as_text
 from statemachine.machine import RETRY_WAIT
 from statemachine.store import EventStore, Unschedule, now_ms
 
@@ -216,7 +217,7 @@ class Agent:
                 await self._wait_for_slot()
                 if self._stopping.is_set():
                     return
-                await self._dispatch(_text(entry_id), fields, from_claim=True)
+                await self._dispatch(as_text(entry_id), fields, from_claim=True)
 
     async def _reclaim_idle(self) -> None:
         if self._free_slots() <= 0:
@@ -236,9 +237,9 @@ class Agent:
         entries = cast(list[tuple[bytes, Fields | None]], reply[1] if len(reply) > 1 else [])
         if len(reply) > 2 and reply[2]:
             # Redis 7 drops entries deleted from the stream from the pending list itself.
-            log.warning("entry.deleted_while_pending", entries=[_text(e) for e in reply[2]])
+            log.warning("entry.deleted_while_pending", entries=[as_text(e) for e in reply[2]])
         for entry_id, fields in entries:
-            entry = _text(entry_id)
+            entry = as_text(entry_id)
             if fields is None:  # Redis 6.2 reports an entry deleted from the stream as nil
                 await self._client.xack(self._stream, AGENTS_GROUP, entry)
                 continue
@@ -273,7 +274,7 @@ class Agent:
         reply = cast(ReadReply | None, read.result())
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
-                await self._dispatch(_text(entry_id), fields, from_claim=False)
+                await self._dispatch(as_text(entry_id), fields, from_claim=False)
 
     async def _dispatch(self, entry_id: str, fields: Fields, *, from_claim: bool) -> None:
         if entry_id in self._in_flight:
@@ -348,7 +349,7 @@ class Agent:
                 ),
             )
             for raw_job_id in due:
-                if await self._requeue_one(_text(raw_job_id), now):
+                if await self._requeue_one(as_text(raw_job_id), now):
                     offset -= 1  # it left the set: the page shifted under us
             if len(due) < REQUEUE_PAGE:
                 return
@@ -435,7 +436,7 @@ class Agent:
             ids = [raw for raw, _score in page]
             async with self._client.pipeline(transaction=False) as pipe:
                 for raw in ids:
-                    pipe.hmget(self._keys.job(_text(raw)), ["state", "expires_at"])
+                    pipe.hmget(self._keys.job(as_text(raw)), ["state", "expires_at"])
                 rows = cast(list[list[bytes | None]], await pipe.execute()) if ids else []
             for (raw, score), (state, expires_at) in zip(page, rows, strict=True):
                 if state is not None and state not in (b"succeeded", b"failed"):
@@ -444,14 +445,14 @@ class Agent:
                     continue
                 try:
                     await self._store.transition(
-                        _text(raw),
+                        as_text(raw),
                         "fail",
                         actor=f"agent:{self._consumer}",
                         expect_state="queued",
                         expect_fields={"entry_id": ""},
                         detail={"reason": Reason.EXPIRED, "problem": "no agent took it in time"},
                     )
-                    log.warning("job.expired_in_queue", job_id=_text(raw))
+                    log.warning("job.expired_in_queue", job_id=as_text(raw))
                 except TransitionError:
                     continue  # an agent took it meanwhile
                 self.metrics.decided("", Fail(Reason.EXPIRED))
@@ -504,7 +505,3 @@ class Agent:
     async def _say_goodbye(self) -> None:
         with contextlib.suppress(RedisError):
             await asyncio.shield(self._client.hdel(self._keys.agents, self._consumer))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -49,6 +49,7 @@ from core.retry import (
 )
 from core.settings import AgentSettings
 from core.signing import Envelope, peek_job_id, read_stream_fields, verify_envelope
+from core.text import as_text_lenient
 from statemachine.machine import (
     QUEUED,
     RETRY_WAIT,
@@ -96,10 +97,6 @@ def _home_directory() -> str:
         return pwd.getpwuid(os.getuid()).pw_dir
     except KeyError:
         return "/root"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _outcome_detail(outcome: Outcome) -> dict[str, Any]:
@@ -619,8 +616,8 @@ class JobProcessor:
             "at": str(int(self._clock_s() * 1000)),
         }
         for key, value in fields.items():
-            name = "field:" + _text(key)[:64]
-            record[name] = _text(value)[:MAX_DEAD_FIELD_BYTES]
+            name = "field:" + as_text_lenient(key)[:64]
+            record[name] = as_text_lenient(value)[:MAX_DEAD_FIELD_BYTES]
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.xadd(self._keys.dead, record)  # type: ignore[arg-type]
             pipe.xack(self._stream, AGENTS_GROUP, entry_id)

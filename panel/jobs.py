@@ -21,6 +21,7 @@ from core.keyring import KeyRing
 from core.keys import is_valid_target
 from core.reasons import Reason
 from core.signing import JOB_ID_PATTERN
+from core.text import as_text_lenient
 from core.validation import validate_inputs
 from panel.producer import SubmittedJob, submit_job
 from statemachine.archive_record import (
@@ -41,10 +42,6 @@ MAX_SCAN_PER_PAGE: Final = 2000
 LOG_PAGE: Final = 5000
 
 CANCELLABLE_BY_PANEL: Final = frozenset({QUEUED, "verified", "validated", RETRY_WAIT})
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -120,7 +117,7 @@ class LogLine:
 
 def log_line_from_fields(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> LogLine:
     """Parse a log stream entry (tolerant: a log line is shown, never trusted)."""
-    values = {_text(k): _text(v) for k, v in fields.items()}
+    values = {as_text_lenient(k): as_text_lenient(v) for k, v in fields.items()}
     attempt = values.get("attempt", "0")
     return LogLine(
         id=entry_id,
@@ -294,7 +291,9 @@ class JobService:
             list[tuple[bytes, dict[bytes | str, bytes | str]]],
             await self._client.xrange(self._keys.job_log(job_id), min=start, count=limit),
         )
-        return [log_line_from_fields(_text(entry_id), fields) for entry_id, fields in entries]
+        return [
+            log_line_from_fields(as_text_lenient(entry_id), fields) for entry_id, fields in entries
+        ]
 
     async def listing(
         self, filters: JobFilters, *, cursor: str | None = None, limit: int = 50
@@ -328,7 +327,7 @@ class JobService:
             if not batch:
                 break
             offset += len(batch)
-            members = [(_text(member), int(score)) for member, score in batch]
+            members = [(as_text_lenient(member), int(score)) for member, score in batch]
             if after_member:
                 # Skip up to and including the cursor's job (same-score jobs sort by member).
                 members = _after(members, after_member)
@@ -341,7 +340,7 @@ class JobService:
                 scanned += 1
                 if not raw:
                     continue
-                view = job_view({_text(k): _text(v) for k, v in raw.items()})
+                view = job_view({as_text_lenient(k): as_text_lenient(v) for k, v in raw.items()})
                 if filters.matches(view):
                     page.jobs.append(view)
                     if len(page.jobs) == limit:
@@ -390,7 +389,7 @@ class JobService:
             except ValueError:
                 continue
             if isinstance(beat, dict):
-                beat.setdefault("agent_id", _text(agent_id))
+                beat.setdefault("agent_id", as_text_lenient(agent_id))
                 beats.append(beat)
         return sorted(beats, key=lambda beat: -int(beat.get("last_seen", 0) or 0))
 
@@ -400,11 +399,11 @@ class JobService:
         counts = dict.fromkeys(STATES, 0)
         async with self._client.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hget(self._keys.job(_text(job_id)), "state")
+                pipe.hget(self._keys.job(as_text_lenient(job_id)), "state")
             states = await pipe.execute()
         for state in states:
-            if state is not None and _text(state) in counts:
-                counts[_text(state)] += 1
+            if state is not None and as_text_lenient(state) in counts:
+                counts[as_text_lenient(state)] += 1
         return counts
 
 

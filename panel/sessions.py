@@ -20,6 +20,7 @@ from typing import Final, cast
 import redis.asyncio as aioredis
 
 from core.keys import RedisKeys
+from core.text import as_text
 
 COOKIE_NAME: Final = "prov_session"
 # Refresh the idle TTL at most this often, so reading pages is not a write per request.
@@ -40,10 +41,6 @@ class Session:
     csrf_token: str
     created_at: int
     last_seen: int
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class SessionStore:
@@ -89,7 +86,7 @@ class SessionStore:
         raw = cast(dict[bytes, bytes], await self._client.hgetall(key))
         if not raw:
             return None
-        values = {_text(k): _text(v) for k, v in raw.items()}
+        values = {as_text(k): as_text(v) for k, v in raw.items()}
         created_at = int(values.get("created_at", "0") or "0")
         last_seen = int(values.get("last_seen", "0") or "0")
         if now_ms - created_at > self.absolute_s * 1000 or now_ms - last_seen > self.idle_s * 1000:

@@ -18,6 +18,7 @@ from typing import Final, cast
 import redis.asyncio as aioredis
 
 from core.keys import RedisKeys
+from core.text import as_text
 
 TOKEN_PREFIX: Final = "prov_"  # noqa: S105 - a marker that makes leaks recognisable
 TOKEN_ID_CHARS: Final = 12
@@ -44,12 +45,8 @@ class TokenInfo:
         return self.expires_at is not None and now_ms >= self.expires_at
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _info(hashed: str, raw: dict[bytes, bytes]) -> TokenInfo:
-    values = {_text(k): _text(v) for k, v in raw.items()}
+    values = {as_text(k): as_text(v) for k, v in raw.items()}
     return TokenInfo(
         token_id=hashed[:TOKEN_ID_CHARS],
         user=values.get("user", ""),
@@ -119,7 +116,7 @@ class TokenStore:
 
     async def all(self, user: str | None = None) -> list[TokenInfo]:
         """Every token (of `user`, when given), oldest first."""
-        hashes = sorted(_text(h) for h in await self._client.smembers(self._keys.tokens))
+        hashes = sorted(as_text(h) for h in await self._client.smembers(self._keys.tokens))
         found: list[TokenInfo] = []
         for hashed in hashes:
             raw = cast(dict[bytes, bytes], await self._client.hgetall(self._keys.token(hashed)))
@@ -135,7 +132,7 @@ class TokenStore:
             return 0
         revoked = 0
         for raw in await self._client.smembers(self._keys.tokens):
-            hashed = _text(raw)
+            hashed = as_text(raw)
             if hashed.startswith(token_id):
                 await self._client.delete(self._keys.token(hashed))
                 await self._client.srem(self._keys.tokens, hashed)

@@ -19,6 +19,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from core.keys import RedisKeys
+from core.text import as_text
 from panel.access import Role
 
 USER_NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
@@ -53,10 +54,6 @@ class StoredUser:
     # Sessions opened before this instant (epoch ms) are no longer valid: a password change
     # logs every browser of the user out.
     password_changed_at: int = 0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class UserStore:
@@ -121,7 +118,7 @@ class UserStore:
         if not raw or b"role" not in raw:
             return None
         try:
-            role = Role(_text(raw[b"role"]))
+            role = Role(as_text(raw[b"role"]))
         except ValueError:
             return None
         return StoredUser(
@@ -133,7 +130,7 @@ class UserStore:
 
     async def all(self) -> list[StoredUser]:
         """Every user, by name."""
-        names = sorted(_text(n) for n in await self._client.smembers(self._keys.users))
+        names = sorted(as_text(n) for n in await self._client.smembers(self._keys.users))
         users = [await self.get(name) for name in names]
         return [user for user in users if user is not None]
 
@@ -146,7 +143,7 @@ class UserStore:
         stored_hash = None
         if is_valid_user_name(name) and len(password) <= MAX_PASSWORD_CHARS:
             raw = await self._client.hget(self._keys.user(name), "password_hash")
-            stored_hash = _text(raw) if raw is not None else None
+            stored_hash = as_text(raw) if raw is not None else None
         try:
             # argon2 is deliberately slow (tens of ms): off the event loop, so one login
             # never stalls every other request of the panel.

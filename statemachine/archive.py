@@ -34,6 +34,7 @@ from ulid import ULID
 from core.errors import ProvisionError
 from core.keyring import KeyRing
 from core.stream_ids import next_stream_id, stream_id_key
+from core.text import as_text
 from statemachine.archive_record import (
     ArchiveRecord,
     archive_pointer,
@@ -167,16 +168,12 @@ async def oldest_needed_entry(client: aioredis.Redis, key: str) -> str | None:
     needed: list[str] = []
     for group in groups:
         name = group["name"]
-        last = _text(group["last-delivered-id"])
+        last = as_text(group["last-delivered-id"])
         needed.append(next_stream_id(last))
         pending: dict[str, Any] = await client.xpending(key, name)
         if pending.get("pending"):
-            needed.append(_text(pending["min"]))
+            needed.append(as_text(pending["min"]))
     return min(needed, key=stream_id_key) if needed else None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def _missing_start(
@@ -195,7 +192,7 @@ async def _missing_start(
         moment = stream_id_key(stream_id)[0]
         if moment > limit:
             break
-        event_id = _text(fields.get(b"event_id", fields.get("event_id", b"")))
+        event_id = as_text(fields.get(b"event_id", fields.get("event_id", b"")))
         if event_id in in_file:
             continue
         if earlier_cut is None or moment > earlier_cut:
@@ -217,7 +214,7 @@ async def _archive_jobs(
     moved = 0
     for index, (job_id, count) in enumerate(jobs):
         length = answers[2 * index]
-        state, last_hash = (_text(value or b"") for value in answers[2 * index + 1])
+        state, last_hash = (as_text(value or b"") for value in answers[2 * index + 1])
         # A job whose stream holds more (or other) events than the file stays as it is.
         if int(length) != count or state not in TERMINAL_STATES:
             continue

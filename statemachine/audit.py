@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from core.errors import TamperError
 from core.keyring import KeyRing
 from core.stream_ids import stream_id_key
+from core.text import as_text_lenient
 from statemachine.archive_record import (
     ArchiveRecord,
     load_archive_records,
@@ -51,10 +52,6 @@ def _number(text: str | None) -> int:
     # Snapshot fields are strings anyone with Redis access could have edited: a table row
     # must not fail on one.
     return int(text) if text and text.isascii() and text.isdigit() and len(text) <= 19 else 0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _bytes(value: bytes | str) -> bytes:
@@ -148,7 +145,7 @@ async def job_ids(
             ),
         )
         for job_id in batch:
-            yield _text(job_id)
+            yield as_text_lenient(job_id)
         if len(batch) < CHECK_BATCH * 10:
             return
         offset += len(batch)
@@ -176,14 +173,14 @@ async def raw_batches(
         # A client made with decode_responses gives str: the digests need the bytes.
         yield [
             (
-                _text(stream_id),
+                as_text_lenient(stream_id),
                 flat if not flat or isinstance(flat[0], bytes) else [_bytes(v) for v in flat],
             )
             for stream_id, flat in batch
         ]
         if len(batch) < READ_BATCH:
             return
-        low = "(" + _text(batch[-1][0])
+        low = "(" + as_text_lenient(batch[-1][0])
 
 
 def _lua(name: str) -> str:
@@ -225,11 +222,11 @@ def _decoded(mapping: dict[bytes | str, bytes | str]) -> dict[str, str]:
     try:
         return {key.decode(): value.decode() for key, value in mapping.items()}  # type: ignore[union-attr]
     except (AttributeError, UnicodeDecodeError):
-        return {_text(key): _text(value) for key, value in mapping.items()}
+        return {as_text_lenient(key): as_text_lenient(value) for key, value in mapping.items()}
 
 
 def _event_id(flat: list[bytes]) -> str:
-    return _text(dict(zip(flat[0::2], flat[1::2], strict=False)).get(b"event_id", b""))
+    return as_text_lenient(dict(zip(flat[0::2], flat[1::2], strict=False)).get(b"event_id", b""))
 
 
 async def global_entries(store: EventStore, ring: KeyRing, job_id: str) -> PassedJob:
@@ -456,7 +453,7 @@ async def audit_job(
     archives = await load_archive_records(store.client, store.keys, ring)
     checker = _Checker(store, ring, archives, check_streams=check_streams, on_job=lambda _: None)
     newest = cast(list[tuple[bytes, Any]], await store.client.xrevrange(store.keys.events, count=1))
-    checker.read_until_ms = stream_id_key(_text(newest[0][0]))[0] if newest else 0
+    checker.read_until_ms = stream_id_key(as_text_lenient(newest[0][0]))[0] if newest else 0
     passed = await global_entries(store, ring, job_id) if check_streams else None
     return await checker.slow(job_id, await store.snapshot(job_id), passed)
 

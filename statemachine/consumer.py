@@ -33,6 +33,7 @@ from redis.exceptions import ResponseError
 
 from core.errors import TamperError
 from core.keys import RedisKeys
+from core.text import as_text_lenient
 from statemachine.events import Event, event_from_fields
 
 DEFAULT_BLOCK_MS: Final = 5000
@@ -46,10 +47,6 @@ _HINT_CHARS: Final = 64
 _PROBLEM_CHARS: Final = 200
 
 log = structlog.get_logger("consumer")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +93,9 @@ UndeliverableHandler = Callable[[Undeliverable], Awaitable[None]]
 def _hints(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for key, value in fields.items():
-        name = _text(key)
+        name = as_text_lenient(key)
         if name in ("event_id", "job_id", "trigger"):
-            found[name] = _text(value)[:_HINT_CHARS]
+            found[name] = as_text_lenient(value)[:_HINT_CHARS]
     return found
 
 
@@ -156,7 +153,7 @@ class EventConsumer:
             app = self._app_of.get(job_id)
         if app is None:
             raw = await self._client.hget(self._keys.job(job_id), "app_id")
-            app = _text(raw) if raw is not None else ""
+            app = as_text_lenient(raw) if raw is not None else ""
         self._app_of[job_id] = app
         self._app_of.move_to_end(job_id)
         while len(self._app_of) > self._app_cache_size:
@@ -179,7 +176,7 @@ class EventConsumer:
         self, entries: list[tuple[bytes, dict[bytes | str, bytes | str] | None]], *, again: bool
     ) -> AsyncIterator[Delivery]:
         for raw_id, fields in entries:
-            stream_id = _text(raw_id)
+            stream_id = as_text_lenient(raw_id)
             if not fields:
                 # Deleted from the stream while pending (redis-py shows it as {}; older
                 # versions as None): there is nothing left to deliver.
@@ -232,7 +229,7 @@ class EventConsumer:
             pending = await self._read(cursor, block=None)
             if not pending:
                 break
-            cursor = _text(pending[-1][0])
+            cursor = as_text_lenient(pending[-1][0])
             async for delivery in self._wrap(pending, again=True):
                 yield delivery
             if len(pending) < self._batch:
@@ -254,7 +251,7 @@ class EventConsumer:
             for raw_id in cast(list[bytes], reply[2] if len(reply) > 2 else []):
                 await self._on_undeliverable(
                     Undeliverable(
-                        stream_id=_text(raw_id),
+                        stream_id=as_text_lenient(raw_id),
                         reason="trimmed",
                         problem="the entry was deleted from the event stream while pending",
                         hints={},

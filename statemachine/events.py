@@ -22,6 +22,7 @@ from ulid import ULID
 from core.errors import TamperError, UnknownKey
 from core.keyring import KeyRing
 from core.strict_json import StrictJSONError, strict_loads
+from core.text import as_text
 
 EVENT_VERSION: Final = 1
 
@@ -217,10 +218,6 @@ def integrity_problems(event: Event, ring: KeyRing, *, detail_text: str | None =
     return problems
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def event_from_fields(fields: Mapping[bytes | str, bytes | str], *, stream_id: str = "") -> Event:
     """Parse an event from Redis stream fields, strictly; a malformed one is tampering."""
     return parse_event(fields, stream_id=stream_id)[0]
@@ -252,7 +249,7 @@ def parse_event(
 ) -> tuple[Event, str]:
     """Parse an event strictly, returning it with its detail's canonical text."""
     try:
-        values = {_text(key): _text(value) for key, value in fields.items()}
+        values = {as_text(key): as_text(value) for key, value in fields.items()}
     except UnicodeDecodeError:
         raise TamperError("?", stream_id, "event is not valid UTF-8") from None
     return _parse_values(values, stream_id)

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from core.errors import JobNotFound, TransitionConflict
 from core.keyring import KeyRing
 from core.keys import RedisKeys
+from core.text import as_text
 from statemachine.events import Event, event_from_fields, new_event
 from statemachine.machine import NO_STATE, next_state
 from statemachine.snapshot import apply_event
@@ -132,10 +133,6 @@ def _encode_effects(
     return keys, ops
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class EventStore:
     """Job snapshots and event streams on Redis, changed only through checked transitions."""
 
@@ -167,7 +164,7 @@ class EventStore:
         raw: dict[bytes | str, bytes | str] = await self._client.hgetall(self.keys.job(job_id))
         if not raw:
             return None
-        return {_text(key): _text(value) for key, value in raw.items()}
+        return {as_text(key): as_text(value) for key, value in raw.items()}
 
     async def create_job(
         self,
@@ -279,7 +276,7 @@ class EventStore:
             after.update(fields)
         applied = Applied(event=event, snapshot=after, events_stream_id="")
         if int(result[0]) != 1:
-            actual_state, last_event_id = _text(result[1]), _text(result[2])
+            actual_state, last_event_id = as_text(result[1]), as_text(result[2])
             if last_event_id == event.event_id:
                 # Our own write, seen again: the client retried the script after a lost
                 # answer and the first call had run. The step happened once; report it.
@@ -287,14 +284,14 @@ class EventStore:
             raise TransitionConflict(job_id, src, actual_state)
         return replace(
             applied,
-            events_stream_id=_text(result[2]),
-            appended_ids=[_text(entry_id) for entry_id in result[3:]],
+            events_stream_id=as_text(result[2]),
+            appended_ids=[as_text(entry_id) for entry_id in result[3:]],
         )
 
     async def request_cancel(self, job_id: str) -> str:
         """Set `cancel_requested` unless the job ended; returns its state ("" if unknown)."""
         state = await self._request_cancel(keys=[self.keys.job(job_id)])
-        return _text(state)
+        return as_text(state)
 
     async def requeue_due(self, job_id: str, *, target: str, now_ms: int) -> tuple[int, str]:
         """Copy a due `retry_wait` job's entry to a fresh one that now carries the job.
@@ -305,7 +302,7 @@ class EventStore:
             keys=[self.keys.job(job_id), self.keys.retry, self.keys.jobs_stream(target)],
             args=[job_id, str(now_ms)],
         )
-        return int(result[0]), _text(result[1])
+        return int(result[0]), as_text(result[1])
 
     async def renew_leases(
         self, stream: str, group: str, consumer: str, entry_ids: Sequence[str]
@@ -314,7 +311,7 @@ class EventStore:
         if not entry_ids:
             return []
         lost = await self._renew(keys=[stream], args=[group, consumer, *entry_ids])
-        return [_text(entry_id) for entry_id in lost]
+        return [as_text(entry_id) for entry_id in lost]
 
     async def iter_job_events(
         self, job_id: str, *, batch: int = READ_BATCH
@@ -340,7 +337,7 @@ class EventStore:
                 await self._client.xrange(key, min=start, count=batch),
             )
             for stream_id, fields in entries:
-                yield _text(stream_id), fields
+                yield as_text(stream_id), fields
             if len(entries) < batch:
                 return
-            start = "(" + _text(entries[-1][0])
+            start = "(" + as_text(entries[-1][0])

@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 
 from core.errors import TamperError
 from core.keys import RedisKeys
+from core.text import as_text_lenient
 from statemachine.consumer import Undeliverable
 from statemachine.events import Event, event_from_fields
 from statemachine.store import now_ms
@@ -34,10 +35,6 @@ log = structlog.get_logger("webhook")
 
 REDRIVE_BATCH: Final = 100
 DEAD_FIELDS: Final = ("stream_id", "event_id", "job_id", "trigger", "attempts", "error", "at")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _script(name: str) -> str:
@@ -110,7 +107,7 @@ class DeadLetter:
 
 
 def _dead_letter(entry_id: str, fields: dict[bytes | str, bytes | str]) -> DeadLetter:
-    values = {_text(key): _text(value) for key, value in fields.items()}
+    values = {as_text_lenient(key): as_text_lenient(value) for key, value in fields.items()}
     attempts, at = values.get("attempts", "0"), values.get("at", "0")
     return DeadLetter(
         entry_id=entry_id,
@@ -195,7 +192,7 @@ class DeadLetters:
                 *flat,
             ],
         )
-        return Burial(dead_id=_text(dead_id), was_pending=bool(acked))
+        return Burial(dead_id=as_text_lenient(dead_id), was_pending=bool(acked))
 
     async def bury_undeliverable(self, entry: Undeliverable, *, even_if_settled: bool) -> Burial:
         """Record an entry of `prov:events` that is no event (any more) and acknowledge it."""
@@ -260,11 +257,11 @@ class DeadLetters:
 
     async def _items(self, entries: list[Any], *, again: bool) -> AsyncIterator[Pending]:
         for raw_id, fields in entries:
-            entry_id = _text(raw_id)
+            entry_id = as_text_lenient(raw_id)
             if not fields:  # deleted while pending ({} from redis-py): nothing to deliver
                 await self._drop_redrive(entry_id, {}, "the redrive entry was deleted")
                 continue
-            values = {_text(k): _text(v) for k, v in fields.items()}
+            values = {as_text_lenient(k): as_text_lenient(v) for k, v in fields.items()}
             stream_id = values.get("stream_id", "")
             event = await self._event(stream_id) if stream_id else None
             if event is None:
@@ -304,7 +301,7 @@ class DeadLetters:
             mine = await self._read(consumer, cursor, batch=batch, block=None)
             if not mine:
                 break
-            cursor = _text(mine[-1][0])
+            cursor = as_text_lenient(mine[-1][0])
             async for item in self._items(mine, again=True):
                 yield item
         while True:
@@ -346,10 +343,10 @@ class DeadLetters:
                 list[tuple[bytes, dict[bytes | str, bytes | str]]],
                 await self._client.xrange(self.dead, min=start, count=count),
             )
-            found.extend(_dead_letter(_text(raw_id), fields) for raw_id, fields in batch)
+            found.extend(_dead_letter(as_text_lenient(raw_id), fields) for raw_id, fields in batch)
             if len(batch) < count:
                 break
-            start = "(" + _text(batch[-1][0])
+            start = "(" + as_text_lenient(batch[-1][0])
         return found
 
     async def redrive(self, entry_ids: Iterable[str]) -> tuple[int, list[str]]:
@@ -370,5 +367,5 @@ class DeadLetters:
                 ),
             )
             moved += int(reply[0])
-            gone.extend(_text(ident) for ident in reply[1:])
+            gone.extend(as_text_lenient(ident) for ident in reply[1:])
         return moved, gone

@@ -21,6 +21,7 @@ PURE_MODULES = [
     "reasons",
     "strict_json",
     "stream_ids",
+    "text",
 ]
 FORBIDDEN = {"redis", "aiohttp", "subprocess", "socket", "asyncio"}
 
