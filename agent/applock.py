@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -45,25 +45,69 @@ class AppLocks:
     def __init__(self, folder: Path | None = None) -> None:
         self._folder = folder or lock_dir()
         self._local: dict[str, asyncio.Lock] = {}
+        # Jobs of this agent holding or waiting for each app. asyncio.Lock.locked() is False
+        # for a moment after a release while a waiter is about to take it, and `hold_if_free`
+        # must never queue behind that waiter.
+        self._wanted: dict[str, int] = {}
 
     @contextlib.asynccontextmanager
     async def hold(self, app_id: str) -> AsyncIterator[None]:
         """Wait until no other job of `app_id` runs on this host, then hold the app."""
-        async with self._local.setdefault(app_id, asyncio.Lock()):
-            # app_id matches ^[a-z0-9][a-z0-9_-]*$ (checked by the whitelist layer).
-            fd = os.open(self._folder / f"{app_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                pause = _FIRST_POLL_S
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
+        with self._wanting(app_id):
+            async with self._local.setdefault(app_id, asyncio.Lock()):
+                # app_id matches ^[a-z0-9][a-z0-9_-]*$ (checked by the whitelist layer).
+                fd = os.open(self._folder / f"{app_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    pause = _FIRST_POLL_S
+                    while not _try_flock(fd):
                         await asyncio.sleep(pause)
                         pause = min(pause * 2, _MAX_POLL_S)
-                try:
-                    yield
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
                 finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
+                    os.close(fd)
+
+    @contextlib.asynccontextmanager
+    async def hold_if_free(self, app_id: str) -> AsyncIterator[bool]:
+        """Hold the app if no job of it runs on this host right now; yields whether it does.
+
+        Never waits: a caller that gets False takes its slow path (which waits with `hold`).
+        """
+        if self._wanted.get(app_id):
+            yield False
+            return
+        with self._wanting(app_id):
+            async with self._local.setdefault(app_id, asyncio.Lock()):  # free: taken at once
+                fd = os.open(self._folder / f"{app_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    if not _try_flock(fd):
+                        yield False
+                        return
+                    try:
+                        yield True
+                    finally:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(fd)
+
+    @contextlib.contextmanager
+    def _wanting(self, app_id: str) -> Iterator[None]:
+        """Count a job of this agent as holding or waiting for `app_id` while inside."""
+        self._wanted[app_id] = self._wanted.get(app_id, 0) + 1
+        try:
+            yield
+        finally:
+            self._wanted[app_id] -= 1
+            if not self._wanted[app_id]:
+                del self._wanted[app_id]
+
+
+def _try_flock(fd: int) -> bool:
+    """Take the exclusive `flock` on `fd` if no other process holds it; True if taken."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

@@ -65,6 +65,7 @@ from statemachine.store import (
     ScheduleRetry,
     SetJobFields,
     SideEffect,
+    Step,
     Unschedule,
 )
 
@@ -222,6 +223,21 @@ class JobProcessor:
                 job_id, QUEUED, Fail(error.reason), entry_id, detail={"problem": str(error)}
             )
             return
+        taken = await self._start_at_once(job_id, entry_id, envelope, kid, snapshot)
+        if taken is True:
+            return
+        if taken is None:
+            # Another actor changed the job between our read and the atomic step: look
+            # again, and take the step-by-step path if it is still ours to take.
+            fresh = await self._store.snapshot(job_id)
+            if fresh is None or fresh.get("state") != QUEUED or fresh.get("entry_id"):
+                if fresh is not None and fresh.get("state") in TERMINAL_STATES:
+                    await self._ack(entry_id)
+                return
+            snapshot = fresh
+            if snapshot.get("cancel_requested") == "1":
+                await self._finish(job_id, QUEUED, Fail(Reason.CANCELLED), entry_id)
+                return
         applied = await self._transition(
             job_id,
             "verify",
@@ -233,6 +249,63 @@ class JobProcessor:
         )
         if applied is not None:
             await self._continue(job_id, entry_id, envelope, applied, deliveries)
+
+    async def _start_at_once(
+        self,
+        job_id: str,
+        entry_id: str,
+        envelope: Envelope,
+        kid: str,
+        snapshot: Mapping[str, str],
+    ) -> bool | None:
+        """Verify, validate and start a queued job in ONE atomic step, and run it.
+
+        The step-by-step path records the same three events with a round trip each, and
+        reads the job again once it holds the app. It is needed when the checks refuse the
+        job (its `verify` is recorded before the refusal) or when the app is busy (the wait
+        may be long, so the job and its files are looked at again after it). Here the checks
+        passed and the app was free at once, and the atomic step itself checks that the job
+        is still queued, at the event the checks saw, carried by no entry and not asked to
+        cancel. True when the job was taken here; False when the step-by-step path must
+        take it; None when another actor changed the job first (nothing was written).
+        """
+        attempt = int(snapshot.get("attempt", "0") or "0") + 1
+        if attempt > 1:
+            return False  # a rerun sweeps what an earlier run left: the step-by-step path
+        try:
+            checked = check_job(self._settings.common.installers_dir, envelope, self._ring_source())
+        except JobRejected:
+            return False
+        manifest = checked.manifest
+        async with self._app_locks.hold_if_free(manifest.id) as held:
+            if not held:
+                return False
+            steps = [
+                Step(
+                    "verify",
+                    {"entry_id": entry_id, "kid": kid},
+                    effects=[SetJobFields({"entry_id": entry_id})],
+                ),
+                Step("validate"),
+                Step("start", {"entry_id": entry_id, "script": manifest.script}, attempt),
+            ]
+            try:
+                applied = await self._step_through_outages(
+                    lambda: self._store.chain(
+                        job_id,
+                        steps,
+                        actor=self._actor,
+                        expect_state=QUEUED,
+                        expect_fields={"entry_id": "", "cancel_requested": "0"},
+                        known=snapshot,
+                    ),
+                    "start",
+                )
+            except TransitionError as error:
+                log.info("job.transition_lost", trigger="start", problem=str(error))
+                return None
+            await self._run_started(job_id, entry_id, checked, attempt, applied.snapshot)
+        return True
 
     async def _ended_as_poison(
         self, job_id: str, state: str, entry_id: str, deliveries: int
@@ -389,32 +462,44 @@ class JobProcessor:
             )
             if started is None:
                 return
-            self._metrics.started(manifest.id)
-            with structlog.contextvars.bound_contextvars(attempt=attempt):
-                running = RunningJob(job_id, entry_id)
-                outcome, duration_s = await self._execute(running, checked, attempt)
-                if running.lease_lost:
-                    # Another agent owns the job now; whatever we would write is stale.
-                    log.warning("job.outcome_dropped", reason="lease lost")
-                    return
-                self._metrics.ran(manifest.id, duration_s)
-                decision = decide(manifest.retry, attempt, outcome, idempotent=manifest.idempotent)
-                detail = {**_outcome_detail(outcome), "duration_s": round(duration_s, 3)}
-                log.info(
-                    "job.finished",
-                    outcome=type(outcome).__name__,
-                    decision=type(decision).__name__,
-                    **detail,
-                )
-                await self._finish(
-                    job_id,
-                    RUNNING,
-                    decision,
-                    entry_id,
-                    detail=detail,
-                    attempt=attempt,
-                    known=started,
-                )
+            await self._run_started(job_id, entry_id, checked, attempt, started)
+
+    async def _run_started(
+        self,
+        job_id: str,
+        entry_id: str,
+        checked: CheckedJob,
+        attempt: int,
+        started: Mapping[str, str],
+    ) -> None:
+        """Run a job this agent has just recorded as `running` (holding its app), and decide."""
+        manifest = checked.manifest
+        self._metrics.started(manifest.id)
+        with structlog.contextvars.bound_contextvars(attempt=attempt):
+            running = RunningJob(job_id, entry_id)
+            outcome, duration_s = await self._execute(running, checked, attempt)
+            if running.lease_lost:
+                # Another agent owns the job now; whatever we would write is stale.
+                log.warning("job.outcome_dropped", reason="lease lost")
+                return
+            self._metrics.ran(manifest.id, duration_s)
+            decision = decide(manifest.retry, attempt, outcome, idempotent=manifest.idempotent)
+            detail = {**_outcome_detail(outcome), "duration_s": round(duration_s, 3)}
+            log.info(
+                "job.finished",
+                outcome=type(outcome).__name__,
+                decision=type(decision).__name__,
+                **detail,
+            )
+            await self._finish(
+                job_id,
+                RUNNING,
+                decision,
+                entry_id,
+                detail=detail,
+                attempt=attempt,
+                known=started,
+            )
 
     async def _execute(
         self, running: RunningJob, checked: CheckedJob, attempt: int

@@ -94,6 +94,19 @@ SideEffect = AckEntry | ScheduleRetry | Unschedule | IndexJob | AppendEntry | Se
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """One trigger of a chain recorded as a single atomic step (`EventStore.chain`).
+
+    `attempt` defaults to the attempt the steps before it leave on the snapshot.
+    """
+
+    trigger: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    attempt: int | None = None
+    effects: Sequence[SideEffect] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Applied:
     """What a successful transition wrote."""
 
@@ -226,6 +239,35 @@ class EventStore:
             expect_fields=expect_fields,
         )
 
+    async def chain(
+        self,
+        job_id: str,
+        steps: Sequence[Step],
+        *,
+        actor: str,
+        expect_state: str,
+        expect_fields: Mapping[str, str] | None = None,
+        known: Mapping[str, str] | None = None,
+    ) -> Applied:
+        """Fire several triggers in a row as ONE atomic step: one event each, in order.
+
+        For steps that always follow one another when nothing stands between them (an agent
+        that verifies, validates and starts a job at once): the events and the snapshot are
+        exactly those the steps would leave one by one (each event chained to the one before,
+        each transition legal), and the single check of state, last hash and `expect_fields`
+        guards the whole chain. Returns what the last step wrote; raises as `transition`.
+        """
+        if not steps:
+            raise ValueError("a chain needs at least one step")
+        snapshot = dict(known) if known is not None else await self.snapshot(job_id)
+        if snapshot is None:
+            raise JobNotFound(job_id)
+        if snapshot.get("state", NO_STATE) != expect_state:
+            raise TransitionConflict(job_id, expect_state, snapshot.get("state", NO_STATE))
+        return await self._apply_steps(
+            job_id, steps, snapshot=snapshot, actor=actor, expect_fields=expect_fields
+        )
+
     async def _apply(
         self,
         job_id: str,
@@ -239,22 +281,61 @@ class EventStore:
         extra_fields: Mapping[str, str] | None = None,
         expect_fields: Mapping[str, str] | None = None,
     ) -> Applied:
-        src = snapshot.get("state", NO_STATE)
-        dst = next_state(job_id, src, trigger)
-        prev = snapshot.get("last_hash", "")
-        event = new_event(
-            self._ring_source(),
-            job_id=job_id,
-            trigger=trigger,
-            src=src,
-            dst=dst,
-            at=self._clock_ms(),
+        return await self._apply_steps(
+            job_id,
+            [Step(trigger, detail, attempt, effects)],
+            snapshot=snapshot,
             actor=actor,
-            attempt=attempt,
-            detail=detail,
-            prev=prev,
+            extra_fields=extra_fields,
+            expect_fields=expect_fields,
         )
-        changes = {**apply_event(snapshot, event), **(extra_fields or {})}
+
+    async def _apply_steps(
+        self,
+        job_id: str,
+        steps: Sequence[Step],
+        *,
+        snapshot: Mapping[str, str],
+        actor: str,
+        extra_fields: Mapping[str, str] | None = None,
+        expect_fields: Mapping[str, str] | None = None,
+    ) -> Applied:
+        src = snapshot.get("state", NO_STATE)
+        prev = snapshot.get("last_hash", "")
+        ring = self._ring_source()
+        at = self._clock_ms()
+        # Each step is built on the snapshot the steps before it leave, as if recorded alone.
+        after = dict(snapshot)
+        changes: dict[str, str] = {}
+        effects: list[SideEffect] = []
+        events: list[Event] = []
+        for step in steps:
+            step_src = after.get("state", NO_STATE)
+            event = new_event(
+                ring,
+                job_id=job_id,
+                trigger=step.trigger,
+                src=step_src,
+                dst=next_state(job_id, step_src, step.trigger),
+                at=at,
+                actor=actor,
+                attempt=int(after.get("attempt", "0")) if step.attempt is None else step.attempt,
+                detail=step.detail,
+                prev=after.get("last_hash", ""),
+            )
+            step_changes = apply_event(after, event)
+            changes.update(step_changes)
+            after.update(step_changes)
+            # The fields side effects set belong to the new snapshot too, so a caller can
+            # hand it to its next transition as `known`.
+            for effect in step.effects:
+                if isinstance(effect, SetJobFields):
+                    after.update(effect.fields)
+            effects.extend(step.effects)
+            events.append(event)
+        if extra_fields:
+            changes.update(extra_fields)
+            after.update(extra_fields)
         effect_keys, ops = _encode_effects(effects, first_index=4)
         keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.events]
         result = await self._transition(
@@ -262,22 +343,17 @@ class EventStore:
             args=[
                 src,
                 prev,
-                json.dumps(_flatten(event.stream_fields())),
+                json.dumps([_flatten(event.stream_fields()) for event in events]),
                 json.dumps(_flatten(changes)),
                 json.dumps(ops),
                 json.dumps(_flatten(expect_fields or {})),
             ],
         )
-        # The fields side effects set belong to the new snapshot too, so a caller can hand it
-        # to its next transition as `known`.
-        written = [e.fields for e in effects if isinstance(e, SetJobFields)]
-        after = {**snapshot, **changes}
-        for fields in written:
-            after.update(fields)
-        applied = Applied(event=event, snapshot=after, events_stream_id="")
+        last = events[-1]
+        applied = Applied(event=last, snapshot=after, events_stream_id="")
         if int(result[0]) != 1:
             actual_state, last_event_id = as_text(result[1]), as_text(result[2])
-            if last_event_id == event.event_id:
+            if last_event_id == last.event_id:
                 # Our own write, seen again: the client retried the script after a lost
                 # answer and the first call had run. The step happened once; report it.
                 return applied

@@ -1,10 +1,11 @@
--- One job transition as one atomic step (DESIGN §4).
+-- One job transition as one atomic step (DESIGN §4), or a chain of them recorded at once
+-- (verify, validate and start, when an agent has nothing to wait for between them).
 --
 -- KEYS[1] job snapshot hash, KEYS[2] job events stream, KEYS[3] global events stream,
 -- KEYS[4..] keys used by side effects (referenced by index from ARGV[5]).
 -- ARGV[1] expected state ("" for a job that does not exist yet)
 -- ARGV[2] expected last_hash (the event's prev), so two actors can never both build on it
--- ARGV[3] event fields, JSON array [name, value, name, value, ...]
+-- ARGV[3] the events, in order, JSON array of field arrays [[name, value, ...], ...]
 -- ARGV[4] snapshot fields to set, same shape
 -- ARGV[5] side effects, JSON array of ops: ["xack", key_index, group, id],
 --         ["zadd", key_index, score, member], ["zrem", key_index, member],
@@ -12,7 +13,7 @@
 -- ARGV[6] further snapshot fields that must hold, JSON array [name, value, ...]: bookkeeping
 --         that changes without an event (the entry carrying the job), so a stale actor
 --         (an agent that lost its lease) cannot record the outcome of another's run
--- Returns {1, job_stream_id, events_stream_id, xadd ids...} or {0, actual_state, last_event_id}.
+-- Returns {1, job_stream_id, events_stream_id (of the last event), xadd ids...} or {0, actual_state, last_event_id}.
 
 local function conflict()
   local state = redis.call('HGET', KEYS[1], 'state') or ''
@@ -41,9 +42,11 @@ for _, op in ipairs(ops) do
   end
 end
 
-local event = cjson.decode(ARGV[3])
-local job_stream_id = redis.call('XADD', KEYS[2], '*', unpack(event))
-local events_stream_id = redis.call('XADD', KEYS[3], '*', unpack(event))
+local job_stream_id, events_stream_id
+for _, event in ipairs(cjson.decode(ARGV[3])) do
+  job_stream_id = redis.call('XADD', KEYS[2], '*', unpack(event))
+  events_stream_id = redis.call('XADD', KEYS[3], '*', unpack(event))
+end
 redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[4])))
 
 local result = {1, job_stream_id, events_stream_id}

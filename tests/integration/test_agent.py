@@ -719,3 +719,55 @@ async def test_the_agent_stops_promptly_even_after_its_event_loop_was_blocked(
     started = time.monotonic()
     await running.stop()
     assert time.monotonic() - started < 10
+
+
+async def test_a_free_app_is_verified_validated_and_started_in_one_atomic_step(
+    installers, effects, ring, store, settings, start_agent, monkeypatch
+):
+    chains: list[list[str]] = []
+    real_chain = EventStore.chain
+
+    async def counting_chain(self, job_id, steps, **kwargs):  # type: ignore[no-untyped-def]
+        chains.append([step.trigger for step in steps])
+        return await real_chain(self, job_id, steps, **kwargs)
+
+    monkeypatch.setattr(EventStore, "chain", counting_chain)
+    write_app(installers, "hello", recording(effects))
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "hello")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert snapshot["state"] == "succeeded"
+    assert chains == [["verify", "validate", "start"]]
+    events = await store.job_events(job.job_id)
+    assert [e.trigger for e in events] == ["submit", "verify", "validate", "start", "succeed"]
+    assert events[3].detail["entry_id"] == snapshot["entry_id"]
+    replayed = await replay_job(store, ring, job.job_id)
+    assert replayed.intact and snapshot_drift(replayed, snapshot) == []
+
+
+async def test_a_cancel_landing_just_before_the_atomic_start_cancels_the_job_unrun(
+    installers, effects, ring, store, settings, start_agent, monkeypatch
+):
+    """The race the one-step start must lose: its single check sees the cancel request."""
+    real_chain = EventStore.chain
+
+    async def cancel_first(self, job_id, steps, **kwargs):  # type: ignore[no-untyped-def]
+        await self.request_cancel(job_id)  # the panel's cancel, between read and start
+        return await real_chain(self, job_id, steps, **kwargs)
+
+    monkeypatch.setattr(EventStore, "chain", cancel_first)
+    write_app(installers, "never", recording(effects))
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "never")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert (snapshot["state"], snapshot["reason"]) == ("failed", "cancelled")
+    assert await triggers(store, job.job_id) == ["submit", "cancel"]
+    assert not effects.exists()
+    await wait_until(
+        lambda: _nothing_pending(store), message="the entry acknowledged with the cancel"
+    )
+
+
+async def _nothing_pending(store: EventStore) -> bool:
+    pending = await store.client.xpending(store.keys.jobs_stream("local"), AGENTS_GROUP)
+    return int(pending["pending"]) == 0
