@@ -169,6 +169,33 @@ class JobLogWriter:
         if failure is not None:
             raise failure
 
+    async def close_handing_over(self) -> list[dict[str, str]]:
+        """Close, and hand the lines still queued to the caller's own atomic step.
+
+        A short job's output is usually still queued when it exits. Its entries (the fields
+        of each, in order) are then written in the same step as the job's outcome: one round
+        trip less, and whoever sees the outcome sees the whole log. That holds only while
+        nothing was cut from the log (no notice, no tail to trim); otherwise this writes as
+        `close` does and hands over nothing. The caller must write what it gets, in order,
+        even when its step fails.
+        """
+        if self._closed or not self._in_head:
+            await self.close()
+            return []
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._background:
+            await asyncio.wait(self._background)
+        self._raise_failure()
+        async with self._lock:  # after any flush in progress, so the order holds
+            batch, self._pending = self._pending, []
+        # Head lines only (the head never filled up): UTF-8 by construction, see `add`.
+        return [
+            {"stream": item.stream, "line": item.data.decode(), "attempt": self._attempt.decode()}
+            for item in batch
+        ]
+
     def _accept(self, stream: str, data: bytes) -> None:
         """Queue one line as head or tail, opening the tail with the notice when needed."""
         size = len(data)

@@ -60,6 +60,7 @@ from statemachine.machine import (
 )
 from statemachine.store import (
     AckEntry,
+    AppendEntry,
     Applied,
     EventStore,
     ScheduleRetry,
@@ -477,7 +478,7 @@ class JobProcessor:
         self._metrics.started(manifest.id)
         with structlog.contextvars.bound_contextvars(attempt=attempt):
             running = RunningJob(job_id, entry_id)
-            outcome, duration_s = await self._execute(running, checked, attempt)
+            outcome, duration_s, log_tail = await self._execute(running, checked, attempt)
             if running.lease_lost:
                 # Another agent owns the job now; whatever we would write is stale.
                 log.warning("job.outcome_dropped", reason="lease lost")
@@ -499,11 +500,14 @@ class JobProcessor:
                 detail=detail,
                 attempt=attempt,
                 known=started,
+                log_tail=log_tail,
             )
 
     async def _execute(
         self, running: RunningJob, checked: CheckedJob, attempt: int
-    ) -> tuple[Outcome, float]:
+    ) -> tuple[Outcome, float, list[dict[str, str]]]:
+        """Run the installer (and its verify probe); the outcome, its duration, and the last
+        log lines, which the caller writes with the outcome (see `close_handing_over`)."""
         job_id = running.job_id
         manifest = checked.manifest
         self.running[job_id] = running
@@ -528,6 +532,7 @@ class JobProcessor:
         )
         folder = checked.app.folder.resolve()
         started_at = time.monotonic()
+        ran_to_an_outcome = False
         try:
             result = await run_installer(
                 ["bash", str(checked.script)],
@@ -558,15 +563,38 @@ class JobProcessor:
                     outcome = verified.outcome
                 elif verified.outcome != Exited(0):
                     outcome = VerifyFailed()
+            ran_to_an_outcome = True
         finally:
             self.running.pop(job_id, None)
-            try:
-                await asyncio.shield(writer.close())
-            except (RedisError, OSError) as error:
-                log.warning("job.log_incomplete", error=str(error))
+            # An outcome this agent will record carries the last lines; otherwise (cancelled
+            # by a stop, lease lost) nothing will, so they are written now.
+            log_tail = await self._close_log(
+                writer, hand_over=ran_to_an_outcome and not running.lease_lost
+            )
             if dropped_lines:
                 log.warning("job.log_lines_dropped", lines=dropped_lines)
-        return outcome, time.monotonic() - started_at
+        return outcome, time.monotonic() - started_at, log_tail
+
+    async def _close_log(self, writer: JobLogWriter, *, hand_over: bool) -> list[dict[str, str]]:
+        try:
+            if hand_over:
+                return await asyncio.shield(writer.close_handing_over())
+            await asyncio.shield(writer.close())
+        except (RedisError, OSError) as error:
+            log.warning("job.log_incomplete", error=str(error))
+        return []
+
+    async def _write_log_lines(self, job_id: str, lines: list[dict[str, str]]) -> None:
+        """Write handed-over log lines on their own (their outcome step was not recorded)."""
+        if not lines:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for fields in lines:
+                    pipe.xadd(self._keys.job_log(job_id), fields)  # type: ignore[arg-type]
+                await asyncio.shield(pipe.execute())
+        except (RedisError, OSError) as error:
+            log.warning("job.log_incomplete", error=str(error))
 
     # --- writing outcomes -------------------------------------------------------------------
 
@@ -580,19 +608,29 @@ class JobProcessor:
         detail: Mapping[str, Any] | None = None,
         attempt: int | None = None,
         known: Mapping[str, str] | None = None,
+        log_tail: list[dict[str, str]] | None = None,
     ) -> None:
         """Record a decision and acknowledge the entry in the same atomic step.
 
         `attempt`, for the outcome of a run, must still be the job's attempt when the step
         happens: only the run that is current may decide the job. `known` is the snapshot
         this agent's own last step left, if it has one (see `EventStore.transition`).
+        `log_tail`, the run's last log entries, are written in the same step, or on their
+        own if the step is not recorded.
         """
+        lines = [AppendEntry(self._keys.job_log(job_id), fields) for fields in log_tail or []]
         ack = AckEntry(self._stream, AGENTS_GROUP, entry_id)
         extra = dict(detail or {})
         run: dict[str, Any] = {"run_attempt": attempt, "known": known}
         if isinstance(decision, Succeed):
             applied = await self._transition(
-                job_id, "succeed", state, entry_id=entry_id, detail=extra, effects=[ack], **run
+                job_id,
+                "succeed",
+                state,
+                entry_id=entry_id,
+                detail=extra,
+                effects=[*lines, ack],
+                **run,
             )
         elif isinstance(decision, Retry):
             next_retry_at = int((self._clock_s() + decision.delay_s) * 1000)
@@ -605,17 +643,25 @@ class JobProcessor:
                 state,
                 entry_id=entry_id,
                 detail=extra,
-                effects=[ack, ScheduleRetry(self._keys.retry, next_retry_at, job_id)],
+                effects=[*lines, ack, ScheduleRetry(self._keys.retry, next_retry_at, job_id)],
                 **run,
             )
         else:
             extra["reason"] = str(decision.reason)
             trigger = "cancel" if decision.reason == Reason.CANCELLED else "fail"
             applied = await self._transition(
-                job_id, trigger, state, entry_id=entry_id, detail=extra, effects=[ack], **run
+                job_id,
+                trigger,
+                state,
+                entry_id=entry_id,
+                detail=extra,
+                effects=[*lines, ack],
+                **run,
             )
         if applied is not None:  # counted once, by the actor whose step was recorded
             self._metrics.decided(applied.get("app_id", ""), decision)
+        else:
+            await self._write_log_lines(job_id, log_tail or [])
 
     async def _step_through_outages(
         self, step: Callable[[], Awaitable[Applied]], trigger: str

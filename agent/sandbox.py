@@ -192,7 +192,9 @@ async def run_installer(
         )
     duration_s = loop.time() - started
     outcome = _outcome(proc.returncode, killed_for)
-    log.info(
+    # The job's own `job.finished` line says how a plain run ended; this one is for what
+    # only the sandbox knows, so it is worth an info line only when something was killed.
+    (log.info if killed_for is not None or swept else log.debug)(
         "sandbox.finished",
         outcome=type(outcome).__name__,
         returncode=proc.returncode,

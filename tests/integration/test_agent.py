@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -771,3 +772,22 @@ async def test_a_cancel_landing_just_before_the_atomic_start_cancels_the_job_unr
 async def _nothing_pending(store: EventStore) -> bool:
     pending = await store.client.xpending(store.keys.jobs_stream("local"), AGENTS_GROUP)
     return int(pending["pending"]) == 0
+
+
+async def test_the_last_log_lines_are_written_with_the_outcome_byte_for_byte(
+    installers, ring, store, settings, start_agent, redis_client, redis_keys
+):
+    # Astral characters (a surrogate pair in JSON), accents, a tab, a NUL-free control byte:
+    # everything the atomic step's JSON carries must come out as the script printed it.
+    printed = ["héllo wörld", "smile \U0001f600 ok", "tab\there", "bell\x07", ""]
+    script = "\n".join(f"printf '%s\\n' {shlex.quote(line)}" for line in printed)
+    write_app(installers, "talk", script + "\necho err >&2")
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "talk")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert snapshot["state"] == "succeeded"
+    log = await redis_client.xrange(redis_keys.job_log(job.job_id))
+    stdout = [f[b"line"].decode() for _, f in log if f[b"stream"] == b"stdout"]
+    assert stdout == printed
+    assert [f[b"line"] for _, f in log if f[b"stream"] == b"stderr"] == [b"err"]
+    assert {f[b"attempt"] for _, f in log} == {b"1"}

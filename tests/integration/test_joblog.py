@@ -220,3 +220,34 @@ async def test_a_300_mb_flood_stays_within_the_cap_and_in_bounded_memory(
     assert stored[-2]["line"] == "end ***"
     assert stored[-1]["line"].startswith("[provision] ")
     print(f"flood: {elapsed:.1f} s, peak RSS growth {rss_growth_mib:.1f} MiB")
+
+
+async def test_close_handing_over_gives_the_queued_lines_in_order_and_writes_none(
+    redis_client, key
+):
+    writer = writer_for(redis_client, key, batch_lines=3, flush_interval_s=60)
+    for number in range(5):  # a batch of 3 is written, 2 stay queued
+        await writer.add("stdout" if number % 2 else "stderr", f"line {number} {CANARY}")
+    handed = await writer.close_handing_over()
+    assert [entry["line"] for entry in await entries(redis_client, key)] == [
+        "line 0 ***",
+        "line 1 ***",
+        "line 2 ***",
+    ]
+    assert handed == [
+        {"stream": "stdout", "line": "line 3 ***", "attempt": "1"},
+        {"stream": "stderr", "line": "line 4 ***", "attempt": "1"},
+    ]
+    with pytest.raises(RuntimeError, match="closed"):
+        await writer.add("stdout", "late")
+
+
+async def test_close_handing_over_writes_everything_itself_once_the_log_was_cut(redis_client, key):
+    writer = writer_for(redis_client, key, max_lines=6, batch_lines=2, flush_interval_s=60)
+    for number in range(12):
+        await writer.add("stdout", f"line {number}")
+    assert await writer.close_handing_over() == []
+    stored = [entry["line"] for entry in await entries(redis_client, key)]
+    assert stored[-1] == omitted_notice(writer.omitted_lines, writer.omitted_bytes)
+    assert stored[-2] == "line 11"
+    assert len(stored) <= 6
