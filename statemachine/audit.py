@@ -2,10 +2,10 @@
 
 The fast path reads the global stream `prov:events` once, in large batches, replaying every
 job as its events pass (`statemachine.history`): illegal transitions, broken `prev` links, bad
-or unknown-key macs. As jobs finish they are checked in batches of a few hundred, one round
+or unknown-key macs. As jobs finish they are checked in batches of a hundred, one round
 trip each: the stored snapshot against the replayed one (drift), and the job's own stream
-against its global entries (digests computed inside Redis by `lua/job_digests.lua`, so the
-per-job streams are not read in full).
+against its global entries (both read raw, as lists of the stored bytes, and compared as such:
+no digest is built on either side, and Redis does no more than a plain XRANGE).
 
 A job whose two streams disagree, that the global stream does not hold (or holds only from
 an archive's cut on), or that `--job` names, takes the slow path: its own stream is replayed
@@ -43,6 +43,9 @@ from statemachine.store import EventStore
 READ_BATCH: Final = 1000
 CHECK_BATCH: Final = 100
 CHECKS_IN_FLIGHT: Final = 3
+# Entries of a job's own stream read in one go: a job with this many is compared on the slow
+# path, which reads its stream in full.
+OWN_ENTRIES_READ: Final = 1000
 
 # Snapshot fields that point to the archive holding an archived job's events.
 ARCHIVED_TO: Final = "archived_to"
@@ -159,7 +162,12 @@ def raw_client(client: aioredis.Redis) -> aioredis.Redis:
     """
     raw = aioredis.Redis(connection_pool=client.connection_pool)
     raw.set_response_callback("XRANGE", lambda response, **_options: response)
+    raw.set_response_callback("XREAD", lambda response, **_options: response)
     return raw
+
+
+def _lua(name: str) -> str:
+    return files("statemachine").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 async def raw_batches(
@@ -181,10 +189,6 @@ async def raw_batches(
         if len(batch) < READ_BATCH:
             return
         low = "(" + as_text_lenient(batch[-1][0])
-
-
-def _lua(name: str) -> str:
-    return files("statemachine").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 async def raw_entries(
@@ -225,6 +229,36 @@ def _decoded(mapping: dict[bytes | str, bytes | str]) -> dict[str, str]:
         return {as_text_lenient(key): as_text_lenient(value) for key, value in mapping.items()}
 
 
+def _snapshot_of(flat: list[bytes | str]) -> dict[str, str] | None:
+    """A snapshot hash from its flat field/value list (None when the hash does not exist)."""
+    if not flat:
+        return None
+    return _decoded(dict(zip(flat[0::2], flat[1::2], strict=False)))
+
+
+def _by_key(answer: object) -> dict[bytes, list[list[Any]]]:
+    """An XREAD answer as stream key -> entries (a stream without entries is left out)."""
+    if not answer:
+        return {}
+    if isinstance(answer, dict):  # RESP3 gives a map
+        return {_bytes(key): entries for key, entries in answer.items()}
+    return {_bytes(key): entries for key, entries in cast(list[list[Any]], answer)}
+
+
+def _same_entries(own: list[list[Any]], seen: list[tuple[str, list[bytes]]]) -> bool:
+    """Whether a job's own stream (raw XRANGE entries) holds exactly its global entries."""
+    if len(own) != len(seen):
+        return False
+    for (_stream_id, fields), (_event_id, global_fields) in zip(own, seen, strict=True):
+        if fields != global_fields:
+            # A client that decodes answers gives str: compare the bytes they stand for.
+            if not fields or isinstance(fields[0], bytes):
+                return False
+            if [_bytes(value) for value in fields] != global_fields:
+                return False
+    return True
+
+
 def _event_id(flat: list[bytes]) -> str:
     return as_text_lenient(dict(zip(flat[0::2], flat[1::2], strict=False)).get(b"event_id", b""))
 
@@ -254,21 +288,21 @@ async def global_entries(store: EventStore, ring: KeyRing, job_id: str) -> Passe
 
 def stream_disagreement(
     job_id: str,
-    own: list[tuple[str, str, bytes]],
-    seen: list[tuple[str, bytes]],
+    own: list[tuple[str, str, list[bytes]]],
+    seen: list[tuple[str, list[bytes]]],
     *,
     archive_cut_ms: int | None = None,
     read_until_ms: int | None = None,
 ) -> list[TamperError]:
-    """How a job's own stream (`own`: entry id, event id, digest) and its global entries
-    (`seen`: event id, digest) differ.
+    """How a job's own stream (`own`: entry id, event id, fields) and its global entries
+    (`seen`: event id, fields) differ.
 
     An event missing from the global stream is fine when an archive took it (its entry is
     older than the newest archive's cut: the two copies of an event are written in one
     script, in the same millisecond) or when it was written after the audit read that far.
     """
     seen_ids = {event_id for event_id, _digest in seen}
-    kept: list[tuple[str, bytes]] = []
+    kept: list[tuple[str, list[bytes]]] = []
     for stream_id, event_id, digest in own:
         if event_id not in seen_ids:
             moment = stream_id_key(stream_id)[0]
@@ -322,7 +356,9 @@ class _Checker:
         # Where the read of the global stream was (ms of its last entry read): own events
         # written later are not missing from it, only not read yet.
         self.read_until_ms: int | None = None
-        self._digests = store.client.register_script(_lua("job_digests.lua"))
+        # XREAD answers left as hiredis gives them: the lists compared with the global ones.
+        self._raw = raw_client(store.client)
+        self._snapshots = store.client.register_script(_lua("job_snapshots.lua"))
 
     def add(self, passed: PassedJob) -> None:
         """Queue a job the pass finished; `flush` checks the queue."""
@@ -345,23 +381,25 @@ class _Checker:
         if not batch:
             return
         keys = self._store.keys
-        pipe = self._store.client.pipeline(transaction=False)
-        for passed in batch:
-            pipe.hgetall(keys.job(passed.job_id))
+        # Two answers for the whole batch: every snapshot (one script), every own stream
+        # (one XREAD over all of them); a reply costs the client far more than Redis.
+        pipe = self._raw.pipeline(transaction=False)
+        await self._snapshots(keys=[keys.job(passed.job_id) for passed in batch], client=pipe)
         if self._check_streams:
-            await self._digests(
-                keys=[keys.job_events(passed.job_id) for passed in batch], client=pipe
+            pipe.xread(
+                {keys.job_events(passed.job_id): "0-0" for passed in batch}, count=OWN_ENTRIES_READ
             )
         answers = await pipe.execute()
-        own_lists: list[Any] = answers[len(batch)] if self._check_streams else []
-        for index, passed in enumerate(batch):
-            snapshot = _decoded(cast(dict[bytes | str, bytes | str], answers[index])) or None
+        snapshots = cast(list[list[bytes | str]], answers[0])
+        own_streams = _by_key(answers[1]) if self._check_streams else {}
+        for passed, flat_snapshot in zip(batch, snapshots, strict=True):
+            snapshot = _snapshot_of(flat_snapshot)
             if self._check_streams:
-                own = own_lists[index][1::2]
+                own = own_streams.get(keys.job_events(passed.job_id).encode(), [])
                 if (
-                    own != [digest for _event_id, digest in passed.digests]
-                    or passed.anchored
-                    or passed.irregular
+                    passed.anchored
+                    or len(own) >= OWN_ENTRIES_READ
+                    or not _same_entries(own, passed.digests)
                 ):
                     self._on_job(await self.slow(passed.job_id, snapshot, passed))
                     continue

@@ -6,9 +6,9 @@ open in memory, is what lets an audit check millions of events quickly: each eve
 hashed, MAC-checked and walked through the machine exactly once, and a job leaves memory as
 soon as its terminal event has passed.
 
-For each entry the pass also keeps its fields in a comparable form (`digest_entry`, which
-`lua/job_digests.lua` builds inside Redis too), so the caller can compare each job's own stream
-with the global copy in one round trip per batch of jobs.
+For each entry the pass also keeps its raw fields (`PassedJob.digests`), so the caller can
+compare each job's own stream with the global copy, as Redis stores both, in one round trip
+per batch of jobs.
 """
 
 from __future__ import annotations
@@ -24,27 +24,17 @@ from statemachine.machine import NO_STATE, TERMINAL_STATES
 from statemachine.replay import JobReplayer, ReplayedJob
 
 
-def entry_digest(flat: Sequence[bytes]) -> bytes:
-    """The comparable form of one raw stream entry (names and values, in stored order)."""
-    return digest_entry(flat)[0]
+def entry_digest(flat: Sequence[bytes]) -> list[bytes]:
+    """The comparable form of one raw stream entry: its field names and values, as stored.
 
-
-def digest_entry(flat: Sequence[bytes]) -> tuple[bytes, bool]:
-    """The entry's comparable form, and whether it is regular (no field holds byte 0x1e).
-
-    A regular entry (every entry the store writes) is "J", its number of fields, "|" and the
-    fields joined by 0x1e: `lua/job_digests.lua` builds the same inside Redis, and two lists
-    of fields with equal such forms, one of them regular, are equal. (Comparing the bytes
-    costs less than hashing them on both sides.) An irregular entry is "F" and each field
-    framed as `<byte length>:<bytes>`, and its job is compared outside Redis.
+    Two copies of an event are the same when their field lists are equal: a plain list
+    comparison, done in C, with nothing built or hashed on either side.
     """
-    joined = _SEPARATOR.join(flat)
-    if joined.count(_SEPARATOR) == len(flat) - 1:
-        return b"J%d|" % len(flat) + joined, True
-    return b"F" + b"".join(b"%d:%b" % (len(value), value) for value in flat), False
+    return list(flat)
 
 
-_SEPARATOR: Final = b"\x1e"
+# What a pass without digests keeps of an entry: nothing (one shared empty list).
+_NO_FIELDS: Final[list[bytes]] = []
 
 
 def _job_id_of(flat: Sequence[bytes]) -> bytes:
@@ -70,15 +60,14 @@ class PassedJob:
     """A job replayed from the global order, with the digests of its global entries."""
 
     replayed: ReplayedJob
-    # (event id, entry digest) of each of the job's entries, in global order.
-    digests: list[tuple[str, bytes]] = field(default_factory=list)
+    # (event id, raw fields) of each of the job's entries, in global order (the fields are
+    # left empty by a pass without digests).
+    digests: list[tuple[str, list[bytes]]] = field(default_factory=list)
     # The global stream id of the job's last entry in the pass.
     last_stream_id: str = ""
     # A record opened by events that came after the job had ended (its first record was
     # handed out already): it carries the problem, and is not a job of its own.
     late: bool = False
-    # An entry of the job holds the byte 0x1e: its streams are compared outside Redis.
-    irregular: bool = False
 
     @property
     def job_id(self) -> str:
@@ -94,10 +83,9 @@ class PassedJob:
 @dataclass(slots=True)
 class _OpenJob:
     replayer: JobReplayer
-    digests: list[tuple[str, bytes]]
+    digests: list[tuple[str, list[bytes]]]
     last_stream_id: str = ""
     late: bool = False
-    irregular: bool = False
 
 
 class HistoryPass:
@@ -150,7 +138,8 @@ class HistoryPass:
         ):
             return
         self.events += 1
-        digest, regular = digest_entry(flat) if self._digests else (b"", True)
+        # Kept as the list Redis gave (compared with the job's own copy, also a list).
+        digest = (flat if type(flat) is list else list(flat)) if self._digests else _NO_FIELDS
         try:
             event, detail_text = parse_flat_event(flat, stream_id=stream_id)
         except TamperError as error:
@@ -159,7 +148,6 @@ class HistoryPass:
                 job.replayer.malformed(TamperError(error.job_id, stream_id, error.problem))
                 job.digests.append((error.event_id, digest))
                 job.last_stream_id = stream_id
-                job.irregular = job.irregular or not regular
             return
         job = self._job(event.job_id, event)
         if job is None:
@@ -167,7 +155,6 @@ class HistoryPass:
         job.replayer.add(event, detail_text=detail_text)
         job.digests.append((event.event_id, digest))
         job.last_stream_id = stream_id
-        job.irregular = job.irregular or not regular
         if event.dst in TERMINAL_STATES:
             self._finish(event.job_id, event.dst)
 
@@ -211,7 +198,6 @@ class HistoryPass:
             digests=job.digests,
             last_stream_id=job.last_stream_id,
             late=job.late,
-            irregular=job.irregular,
         )
 
     def finish(self) -> None:
