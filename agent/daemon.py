@@ -91,6 +91,12 @@ class Agent:
         self._processor = JobProcessor(client, self._store, ring, settings, metrics=self.metrics)
         self.metrics.count_running(lambda: len(self._processor.running))
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        # Entries whose task holds one of the `concurrency` slots: from the read until its
+        # installer exits. Writing the outcome happens outside the slot, so the next job's
+        # read and start overlap it instead of waiting for another round trip.
+        self._occupying: set[str] = set()
+        self._slot_freed = asyncio.Event()
+        self._processor.on_installer_exit = self._release_slot
         self._stopping = asyncio.Event()
         self._duties_done = asyncio.Event()
         self._started_at = now_ms()
@@ -107,6 +113,7 @@ class Agent:
         if not self._stopping.is_set():
             log.info("agent.stopping", running=sorted(self._processor.running))
         self._stopping.set()
+        self._slot_freed.set()  # wakes a read loop waiting for a slot
         if immediate:
             for task in self._in_flight.values():
                 task.cancel()
@@ -184,18 +191,17 @@ class Agent:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     def _free_slots(self) -> int:
-        return self._settings.concurrency - len(self._in_flight)
+        return self._settings.concurrency - len(self._occupying)
+
+    def _release_slot(self, entry_id: str) -> None:
+        if entry_id in self._occupying:
+            self._occupying.discard(entry_id)
+            self._slot_freed.set()
 
     async def _wait_for_slot(self) -> None:
         while self._free_slots() <= 0 and not self._stopping.is_set():
-            stop_waiter = asyncio.create_task(self._stopping.wait())
-            try:
-                await asyncio.wait(
-                    [stop_waiter, *self._in_flight.values()],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                stop_waiter.cancel()
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
 
     async def _ensure_group(self) -> None:
         try:
@@ -283,7 +289,13 @@ class Agent:
         deliveries = await self._deliveries(entry_id) if from_claim else 1
         task = asyncio.create_task(self._process(entry_id, fields, deliveries), name=entry_id)
         self._in_flight[entry_id] = task
-        task.add_done_callback(lambda _t: self._in_flight.pop(entry_id, None))
+        self._occupying.add(entry_id)
+
+        def done(_task: asyncio.Task[None]) -> None:
+            self._in_flight.pop(entry_id, None)
+            self._release_slot(entry_id)
+
+        task.add_done_callback(done)
 
     async def _deliveries(self, entry_id: str) -> int:
         pending = await self._client.xpending_range(

@@ -134,6 +134,8 @@ class JobProcessor:
         self._metrics = metrics or AgentMetrics(agent_id=settings.agent_id, target=settings.target)
         self._home = _home_directory()
         self.running: dict[str, RunningJob] = {}
+        # Told an entry's id when its installer has exited (before the outcome is written).
+        self.on_installer_exit: Callable[[str], None] = lambda _entry_id: None
 
     def lease_lost(self, entry_id: str) -> None:
         """Another agent took `entry_id`: stop its run here and record nothing for it."""
@@ -566,6 +568,7 @@ class JobProcessor:
             ran_to_an_outcome = True
         finally:
             self.running.pop(job_id, None)
+            self.on_installer_exit(running.entry_id)
             # An outcome this agent will record carries the last lines; otherwise (cancelled
             # by a stop, lease lost) nothing will, so they are written now.
             log_tail = await self._close_log(

@@ -791,3 +791,35 @@ async def test_the_last_log_lines_are_written_with_the_outcome_byte_for_byte(
     assert stdout == printed
     assert [f[b"line"] for _, f in log if f[b"stream"] == b"stderr"] == [b"err"]
     assert {f[b"attempt"] for _, f in log} == {b"1"}
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_no_more_installers_run_at_once_than_the_concurrency(
+    installers, tmp_path, ring, store, redis_url, namespace, start_agent, concurrency
+):
+    """A slot is free again when an installer exits, before its outcome is written: the
+    next job may start meanwhile, but never one installer more than the concurrency."""
+    running, counts = tmp_path / "running", tmp_path / "counts"
+    running.mkdir()
+    script = (
+        f'touch {running}/"$PROV_JOB_ID"; ls {running} | wc -l >> {counts}\n'
+        f'sleep 0.2; rm {running}/"$PROV_JOB_ID"'
+    )
+    apps = [f"app{number}" for number in range(6)]
+    for app in apps:
+        write_app(installers, app, script)
+    env = agent_environ(
+        redis_url=redis_url,
+        namespace=namespace,
+        keys_file=tmp_path / "hmac.keys",
+        installers=installers,
+        agent_id="agent-slots",
+        PROV_AGENT_CONCURRENCY=str(concurrency),
+    )
+    jobs = [await submit(store, ring, installers, app) for app in apps]
+    await start_agent(AgentSettings.from_env(env))
+    for job in jobs:
+        assert (await wait_for_state(store, job.job_id, TERMINAL))["state"] == "succeeded"
+    seen = [int(line) for line in counts.read_text().split()]
+    assert len(seen) == len(apps)
+    assert max(seen) == concurrency
