@@ -31,14 +31,16 @@ from core.validation import MAX_REQUEST_BYTES
 from panel import api, appkeys, health, login, pages
 from panel.access import make_access_middleware
 from panel.catalogue_cache import CatalogueCache
+from panel.credentials import CredentialLookup
 from panel.errors import Handler, error_middleware
 from panel.headers import add_security_headers
-from panel.identity import authenticate, refuse
+from panel.identity import make_authenticate, refuse
 from panel.jobs import JobService
 from panel.metrics import PanelMetrics
 from panel.ratelimit import RateLimiter
 from panel.sessions import SessionStore
 from panel.sse import stream_job
+from panel.static_urls import install_static_urls
 from panel.tokens import TokenStore
 from panel.users import UserStore
 from statemachine.store import EventStore
@@ -100,7 +102,9 @@ def create_app(
         middlewares=[
             metrics_middleware,
             error_middleware,
-            make_access_middleware(authenticate, refuse),
+            make_access_middleware(
+                make_authenticate({("POST", "/api/install"): api.prepare_install}), refuse
+            ),
         ],
         client_max_size=MAX_REQUEST_BYTES,
     )
@@ -136,6 +140,7 @@ def create_app(
     app.router.add_routes(pages.routes)
     app.router.add_routes(login.routes)
     app.router.add_static("/static", STATIC_DIR, name="static", append_version=True)
+    install_static_urls(app, STATIC_DIR)
     return app
 
 
@@ -159,6 +164,7 @@ def _redis_context(url: str) -> Callable[[web.Application], AsyncIterator[None]]
             client, keys, idle_s=settings.session_idle_s, absolute_s=settings.session_max_s
         )
         app[appkeys.LIMITER] = RateLimiter(client, keys)
+        app[appkeys.CREDENTIALS] = CredentialLookup(client, keys)
         app[appkeys.JOBS] = JobService(
             client, store, app[appkeys.RING], ttl_s=settings.common.job_ttl_s
         )

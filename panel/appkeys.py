@@ -12,6 +12,7 @@ from aiohttp_sse import EventSourceResponse
 from core.keyring import KeyRing
 from core.settings import PanelSettings
 from panel.catalogue_cache import CatalogueCache
+from panel.credentials import CredentialLookup
 from panel.jobs import JobService
 from panel.metrics import PanelMetrics
 from panel.ratelimit import RateLimiter
@@ -23,6 +24,7 @@ SETTINGS = web.AppKey("settings", PanelSettings)
 USERS = web.AppKey("users", UserStore)
 TOKENS = web.AppKey("tokens", TokenStore)
 SESSIONS = web.AppKey("sessions", SessionStore)
+CREDENTIALS = web.AppKey("credentials", CredentialLookup)
 LIMITER = web.AppKey("limiter", RateLimiter)
 # Wall clock in epoch seconds; tests replace it to move time (session expiry, rate windows).
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")

@@ -80,13 +80,28 @@ class SessionStore:
 
     async def get(self, session_id: str, *, now_ms: int) -> Session | None:
         """The live session behind a cookie value, or None (unknown, idle, or too old)."""
-        if not session_id or len(session_id) > 128:
+        key = self.key_of(session_id)
+        if key is None:
             return None
-        key = self._keys.session(session_hash(session_id))
         raw = cast(dict[bytes, bytes], await self._client.hgetall(key))
         if not raw:
             return None
         values = {as_text(k): as_text(v) for k, v in raw.items()}
+        return await self.accept(session_id, key, values, now_ms=now_ms)
+
+    def key_of(self, session_id: str) -> str | None:
+        """The Redis key of the session behind a cookie value; None for an impossible one."""
+        if not session_id or len(session_id) > 128:
+            return None
+        return self._keys.session(session_hash(session_id))
+
+    async def accept(
+        self, session_id: str, key: str, values: dict[str, str], *, now_ms: int
+    ) -> Session | None:
+        """The session stored at `key` as `values`, unless idle or too old (then deleted).
+
+        Its idle timeout is refreshed at most every `TOUCH_EVERY_MS`.
+        """
         created_at = int(values.get("created_at", "0") or "0")
         last_seen = int(values.get("last_seen", "0") or "0")
         if now_ms - created_at > self.absolute_s * 1000 or now_ms - last_seen > self.idle_s * 1000:

@@ -45,8 +45,13 @@ class TokenInfo:
         return self.expires_at is not None and now_ms >= self.expires_at
 
 
-def _info(hashed: str, raw: dict[bytes, bytes]) -> TokenInfo:
-    values = {as_text(k): as_text(v) for k, v in raw.items()}
+def token_shaped(token: str) -> bool:
+    """Whether `token` could be one of ours (worth hashing and looking up)."""
+    return token.startswith(TOKEN_PREFIX) and len(token) <= 200
+
+
+def token_info(hashed: str, values: dict[str, str]) -> TokenInfo:
+    """A token's description from its hash's fields (as text)."""
     return TokenInfo(
         token_id=hashed[:TOKEN_ID_CHARS],
         user=values.get("user", ""),
@@ -57,12 +62,20 @@ def _info(hashed: str, raw: dict[bytes, bytes]) -> TokenInfo:
     )
 
 
+def _values(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {as_text(k): as_text(v) for k, v in raw.items()}
+
+
 class TokenStore:
     """API tokens of one namespace."""
 
     def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
         self._client = client
         self._keys = keys
+
+    def key_of(self, hashed: str) -> str:
+        """The Redis key of the token whose hash is `hashed`."""
+        return self._keys.token(hashed)
 
     async def create(
         self, user: str, *, name: str = "", expires_at_ms: int | None = None
@@ -96,7 +109,7 @@ class TokenStore:
 
     async def authenticate(self, token: str, *, now_ms: int) -> TokenInfo | None:
         """The token's description if it exists and has not expired."""
-        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        if not token_shaped(token):
             return None
         hashed = token_hash(token)
         raw = cast(dict[bytes, bytes], await self._client.hgetall(self._keys.token(hashed)))
@@ -106,7 +119,11 @@ class TokenStore:
         # and keeps the check independent of how Redis matched the key.
         if not hmac.compare_digest(hashed, token_hash(token)):
             return None
-        info = _info(hashed, raw)
+        return await self.accept(hashed, _values(raw), now_ms=now_ms)
+
+    async def accept(self, hashed: str, values: dict[str, str], *, now_ms: int) -> TokenInfo | None:
+        """The token stored as `values` if it has not expired; its use is recorded."""
+        info = token_info(hashed, values)
         if info.expired(now_ms):
             return None
         last_used = info.last_used_at or 0
@@ -121,7 +138,7 @@ class TokenStore:
         for hashed in hashes:
             raw = cast(dict[bytes, bytes], await self._client.hgetall(self._keys.token(hashed)))
             if raw:
-                info = _info(hashed, raw)
+                info = token_info(hashed, _values(raw))
                 if user is None or info.user == user:
                     found.append(info)
         return sorted(found, key=lambda info: info.created_at)

@@ -56,6 +56,24 @@ class StoredUser:
     password_changed_at: int = 0
 
 
+def stored_user(
+    name: str, role: bytes | None, created_at: bytes | None, password_changed_at: bytes | None
+) -> StoredUser | None:
+    """A user from their hash's fields; None without a name, a role, or with an unknown one."""
+    if not is_valid_user_name(name) or role is None:
+        return None
+    try:
+        known_role = Role(as_text(role))
+    except ValueError:
+        return None
+    return StoredUser(
+        name=name,
+        role=known_role,
+        created_at=int(created_at or b"0"),
+        password_changed_at=int(password_changed_at or b"0"),
+    )
+
+
 class UserStore:
     """Users of one namespace."""
 
@@ -115,17 +133,8 @@ class UserStore:
         if not is_valid_user_name(name):
             return None
         raw = cast(dict[bytes, bytes], await self._client.hgetall(self._keys.user(name)))
-        if not raw or b"role" not in raw:
-            return None
-        try:
-            role = Role(as_text(raw[b"role"]))
-        except ValueError:
-            return None
-        return StoredUser(
-            name=name,
-            role=role,
-            created_at=int(raw.get(b"created_at", b"0")),
-            password_changed_at=int(raw.get(b"password_changed_at", b"0")),
+        return stored_user(
+            name, raw.get(b"role"), raw.get(b"created_at"), raw.get(b"password_changed_at")
         )
 
     async def all(self) -> list[StoredUser]:

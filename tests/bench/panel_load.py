@@ -1,6 +1,7 @@
 """Benchmark 3: the panel under load, against a constant aiohttp handler in the same run.
 
     .venv/bin/python -m tests.bench.panel_load [--requests 3000] [--clients 16]
+    .venv/bin/python -m tests.bench.panel_load --profile post   # py-spy on the panel
 
 A real `provision panel` on a private Redis (no agent: the submitted jobs simply queue) and the
 constant handler of `tests.bench.constant_server`, each its own process. An aiohttp client
@@ -8,21 +9,41 @@ pool of `--clients` connections sends `--requests` requests as fast as they are 
 `POST /api/install` (strict parsing, validation, sealing, signing, the atomic write) and
 `GET /apps/<id>` (the rendered form), then the same requests to the constant handler.
 Reported: requests/s and p50/p99 answer times, and the panel's memory (VmRSS/VmHWM).
+With `--profile post|form`, py-spy samples the panel during that case only, and the hottest
+frames (inclusive and self) are printed after the figures, so an optimisation starts from a
+measurement.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from tests.bench.harness import free_port, median, percentile, wait_for_panel, world
 from tests.bench.latency import start_constant_server
+from tests.bench.profile_agent import PY_SPY, summarise
 
 TARGETS = {"POST /api/install": 0.40, "GET /apps/<id>": 0.50}
+PROFILE_CASES = {"post": "POST /api/install", "form": "GET /apps/<id>"}
+PROFILE_RAW = Path("/tmp") / "provision-panel-profile.txt"
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """One timed pass: requests/s, answer times (ms), CPU per request (us) of both sides."""
+
+    rate: float
+    times: list[float]
+    server_cpu_us: float
+    client_cpu_us: float
 
 
 async def load(
@@ -34,8 +55,9 @@ async def load(
     headers: dict[str, str],
     count: int,
     clients: int,
-) -> tuple[float, list[float]]:
-    """Requests/s and answer times (ms) of `count` requests over `clients` connections."""
+    server_pid: int,
+) -> Load:
+    """`count` requests over `clients` connections (after a warm-up pass of as many)."""
     times: list[float] = []
     left = [count]
     connector = aiohttp.TCPConnector(limit=clients)
@@ -54,20 +76,46 @@ async def load(
         await asyncio.gather(*(worker() for _ in range(min(clients, count))))  # warm-up
         times.clear()
         left[0] = count
+        server_cpu, own_cpu = cpu_seconds(server_pid), time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.perf_counter() - started
-    return count / elapsed, times
+        # CPU per request, of the server and of this load generator: steadier than
+        # requests/s on a shared machine, and it shows who uses the two cores.
+        server_us = (cpu_seconds(server_pid) - server_cpu) / count * 1e6
+        own_us = (time.process_time() - own_cpu) / count * 1e6
+    return Load(count / elapsed, times, server_us, own_us)
 
 
-async def measure(count: int, clients: int, rounds: int) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_py_spy(pid: int) -> subprocess.Popen[bytes]:
+    """py-spy sampling process `pid` into PROFILE_RAW until stopped."""
+    spy = [str(PY_SPY), "record", "--pid", str(pid), "--format", "raw"]
+    spy += ["--output", str(PROFILE_RAW), "--rate", "250", "--nonblocking"]
+    return subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_py_spy(spy: subprocess.Popen[bytes]) -> None:
+    """Stop py-spy; on SIGINT it writes what it sampled."""
+    spy.send_signal(2)
+    spy.wait(timeout=30)
+
+
+async def measure(
+    count: int, clients: int, rounds: int, profile: str | None = None
+) -> dict[str, Any]:
     """Both endpoints against the panel and the constant handler, `rounds` times."""
     figures: dict[str, list[float]] = {}
     memory: list[tuple[int, int]] = []
     with world(prefix="panel") as built:
         port = free_port()
         panel = built.start_panel(port)
-        _constant, constant_url = start_constant_server(built)
+        constant, constant_url = start_constant_server(built)
         token = built.admin_token()
         url = f"http://127.0.0.1:{port}"
         await wait_for_panel(url)
@@ -82,7 +130,11 @@ async def measure(count: int, clients: int, rounds: int) -> dict[str, Any]:
         for _ in range(rounds):
             for name, (method, path, body) in cases.items():
                 for who, base in (("panel", url), ("floor", constant_url)):
-                    rate, times = await load(
+                    sampled = (
+                        who == "panel" and profile is not None and PROFILE_CASES[profile] == name
+                    )
+                    spy = start_py_spy(panel.pid) if sampled else None
+                    done = await load(
                         base,
                         method,
                         path,
@@ -90,7 +142,13 @@ async def measure(count: int, clients: int, rounds: int) -> dict[str, Any]:
                         headers=headers,
                         count=count,
                         clients=clients,
+                        server_pid=panel.pid if who == "panel" else constant.pid,
                     )
+                    rate, times = done.rate, done.times
+                    figures.setdefault(f"{name} {who} cpu", []).append(done.server_cpu_us)
+                    figures.setdefault(f"{name} {who} client cpu", []).append(done.client_cpu_us)
+                    if spy is not None:
+                        stop_py_spy(spy)
                     figures.setdefault(f"{name} {who} req/s", []).append(rate)
                     figures.setdefault(f"{name} {who} p50", []).append(percentile(times, 0.5))
                     figures.setdefault(f"{name} {who} p99", []).append(percentile(times, 0.99))
@@ -115,6 +173,12 @@ def report(result: dict[str, Any], count: int, clients: int, rounds: int) -> Non
             f"p99 {figures[f'{name} panel p99']:6.2f} ms   floor p50 "
             f"{figures[f'{name} floor p50']:5.2f}  p99 {figures[f'{name} floor p99']:5.2f}"
         )
+        print(
+            f"  {'':<18} CPU per request: server {figures[f'{name} panel cpu']:5.0f} us "
+            f"(floor {figures[f'{name} floor cpu']:4.0f}), load generator "
+            f"{figures[f'{name} panel client cpu']:4.0f} us "
+            f"(floor {figures[f'{name} floor client cpu']:4.0f})"
+        )
     idle, *loaded = result["memory"]
     peak = max(hwm for _rss, hwm in result["memory"])
     print(
@@ -132,9 +196,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--profile", choices=sorted(PROFILE_CASES), default=None)
+    parser.add_argument("--top", type=int, default=40, help="frames printed with --profile")
     args = parser.parse_args()
-    result = asyncio.run(measure(args.requests, args.clients, args.rounds))
+    result = asyncio.run(measure(args.requests, args.clients, args.rounds, args.profile))
     report(result, args.requests, args.clients, args.rounds)
+    if args.profile is not None:
+        summarise(PROFILE_RAW, args.top)
 
 
 if __name__ == "__main__":
