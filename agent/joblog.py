@@ -106,7 +106,7 @@ class JobLogWriter:
         self._pending: list[_Pending] = []
         # One flush at a time, in order: entry ids must follow the order of the lines.
         self._lock = asyncio.Lock()
-        self._timer: asyncio.Task[None] | None = None  # sleeping before a timed flush
+        self._timer: asyncio.TimerHandle | None = None  # set while a timed flush is due
         self._background: set[asyncio.Task[None]] = set()
         self._failure: Exception | None = None  # of a timed flush, raised by the next call
         self._closed = False
@@ -137,10 +137,10 @@ class JobLogWriter:
         if len(self._pending) >= self._batch_lines:
             await self._flush()
         elif self._timer is None:
-            # Lines must not wait for a full batch when the script prints slowly.
-            self._timer = asyncio.create_task(self._flush_later())
-            self._background.add(self._timer)
-            self._timer.add_done_callback(self._background.discard)
+            # Lines must not wait for a full batch when the script prints slowly. A timer,
+            # not a sleeping task: most jobs end before it fires, and it costs less to drop.
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._flush_interval_s, self._start_timed_flush)
 
     async def close(self) -> None:
         """Write what is queued and, if the middle was dropped, the count of what was."""
@@ -148,7 +148,8 @@ class JobLogWriter:
             return
         self._closed = True
         if self._timer is not None:
-            self._timer.cancel()  # still sleeping: it clears itself before it flushes
+            self._timer.cancel()  # not fired yet; what it would flush is flushed below
+            self._timer = None
         if self._background:
             await asyncio.wait(self._background)
         # Write what is left even after a timed flush failed; that failure is raised below.
@@ -185,6 +186,7 @@ class JobLogWriter:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         if self._background:
             await asyncio.wait(self._background)
         self._raise_failure()
@@ -212,10 +214,14 @@ class JobLogWriter:
             self._pending.append(_Pending(NOTICE_STREAM, TRUNCATED_NOTICE.encode(), "notice"))
         self._pending.append(_Pending(stream, data, "tail"))
 
-    async def _flush_later(self) -> None:
-        """Flush after the interval, so a slow trickle of lines shows up promptly."""
-        await asyncio.sleep(self._flush_interval_s)
+    def _start_timed_flush(self) -> None:
+        """The timer fired: flush in the background, so a slow trickle shows up promptly."""
         self._timer = None
+        task = asyncio.ensure_future(self._timed_flush())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _timed_flush(self) -> None:
         try:
             await self._flush()
         except Exception as exc:  # kept for the caller's next add() or close() to raise

@@ -90,17 +90,19 @@ class _ExitSignallingProtocol(asyncio.subprocess.SubprocessStreamProtocol):
 
     def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit=limit, loop=loop)
-        self.exited = asyncio.Event()
+        # A future rather than an Event: waited on directly, it costs no task per run.
+        self.exited: asyncio.Future[None] = loop.create_future()
 
     def process_exited(self) -> None:
         super().process_exited()
-        self.exited.set()
+        if not self.exited.done():
+            self.exited.set_result(None)
 
 
 async def _start(
     argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]
-) -> tuple[asyncio.subprocess.Process, asyncio.Event]:
-    """`create_subprocess_exec` in a new session, with an event set when the child is reaped."""
+) -> tuple[asyncio.subprocess.Process, asyncio.Future[None]]:
+    """`create_subprocess_exec` in a new session, with a future done when the child is reaped."""
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.subprocess_exec(
         lambda: _ExitSignallingProtocol(_STREAM_LIMIT, loop),
@@ -216,16 +218,15 @@ def _outcome(returncode: int | None, killed_for: TimedOut | Cancelled | None) ->
 
 async def _wait_for_end(
     proc: asyncio.subprocess.Process,
-    exited: asyncio.Event,
+    exited: asyncio.Future[None],
     pumps: list[asyncio.Task[None]],
     deadline: float,
     cancel: asyncio.Event | None,
 ) -> TimedOut | Cancelled | None:
     """Wait for the exit (None), the deadline or the cancel event; raise if a pump failed."""
     loop = asyncio.get_running_loop()
-    exit_task = asyncio.create_task(exited.wait())
     cancel_task = asyncio.create_task(cancel.wait()) if cancel is not None else None
-    watched: set[asyncio.Future[Any]] = {exit_task, *pumps}
+    watched: set[asyncio.Future[Any]] = {exited, *pumps}
     if cancel_task is not None:
         watched.add(cancel_task)
     try:
@@ -239,7 +240,7 @@ async def _wait_for_end(
                 watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
             # The exit wins a tie: the outcome is decided when the script exits.
-            if exit_task in done:
+            if exited in done:
                 return None
             for task in done:
                 if task is cancel_task:
@@ -247,10 +248,9 @@ async def _wait_for_end(
                 task.result()  # a pump: re-raises what on_line raised; EOF alone ends nothing
                 watched.discard(task)
     finally:
-        helpers = [t for t in (exit_task, cancel_task) if t is not None]
-        for helper in helpers:
-            helper.cancel()
-        await asyncio.wait(helpers)
+        if cancel_task is not None:
+            cancel_task.cancel()
+            await asyncio.wait([cancel_task])
 
 
 async def _wait_exit(proc: asyncio.subprocess.Process) -> int:
@@ -289,7 +289,8 @@ async def _clean_up(
         await asyncio.wait(pumps, timeout=drain_s)
     for task in pumps:
         task.cancel()
-    await asyncio.wait(pumps)
+    if not all(task.done() for task in pumps):  # after a plain exit they are done already
+        await asyncio.wait(pumps)
     for task in pumps:
         if not task.cancelled():
             task.exception()  # retrieved here, so asyncio does not report it a second time
@@ -298,7 +299,7 @@ async def _clean_up(
     transport = getattr(proc, "_transport", None)
     if isinstance(transport, asyncio.SubprocessTransport):
         transport.close()
-    if not await _returncode_within(proc, _REAP_TIMEOUT_S):
+    if proc.returncode is None and not await _returncode_within(proc, _REAP_TIMEOUT_S):
         log.error("sandbox.unreaped", pid=proc.pid, waited_s=_REAP_TIMEOUT_S)
     return swept
 
