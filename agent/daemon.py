@@ -96,6 +96,7 @@ class Agent:
         # read and start overlap it instead of waiting for another round trip.
         self._occupying: set[str] = set()
         self._slot_freed = asyncio.Event()
+        self._reading: asyncio.Future[Any] | None = None  # the blocking read, while one runs
         self._processor.on_installer_exit = self._release_slot
         self._stopping = asyncio.Event()
         self._duties_done = asyncio.Event()
@@ -114,6 +115,8 @@ class Agent:
             log.info("agent.stopping", running=sorted(self._processor.running))
         self._stopping.set()
         self._slot_freed.set()  # wakes a read loop waiting for a slot
+        if self._reading is not None:
+            self._reading.cancel()
         if immediate:
             for task in self._in_flight.values():
                 task.cancel()
@@ -265,19 +268,18 @@ class Agent:
                 block=READ_BLOCK_MS,
             )
         )
-        stop = asyncio.ensure_future(self._stopping.wait())
+        # stop() cancels it: no need to sit out the blocking read. An entry delivered in
+        # that instant stays pending under our name and is reclaimed after the lease.
+        self._reading = read
         try:
-            await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if not read.done():
-            # Stopping: don't sit out the blocking read. An entry delivered in that instant
-            # stays pending under our name and is reclaimed after the lease: never lost.
-            read.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await read
+            reply = cast(ReadReply | None, await read)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are cancelled ourselves, not only the read
             return
-        reply = cast(ReadReply | None, read.result())
+        finally:
+            self._reading = None
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 await self._dispatch(as_text(entry_id), fields, from_claim=False)
