@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
@@ -259,6 +259,15 @@ class Agent:
         await self._wait_for_slot()
         if self._stopping.is_set():
             return
+        # While the queue holds entries, one round trip reads them with their jobs'
+        # snapshots; only an empty queue needs the blocking read (and the job read after it).
+        ready = await self._store.read_new_entries(
+            self._stream, AGENTS_GROUP, self._consumer, self._free_slots()
+        )
+        if ready:
+            for ready_id, ready_fields, snapshot in ready:
+                await self._dispatch(ready_id, ready_fields, from_claim=False, snapshot=snapshot)
+            return
         read = asyncio.ensure_future(
             self._client.xreadgroup(
                 AGENTS_GROUP,
@@ -284,12 +293,21 @@ class Agent:
             for entry_id, fields in entries:
                 await self._dispatch(as_text(entry_id), fields, from_claim=False)
 
-    async def _dispatch(self, entry_id: str, fields: Fields, *, from_claim: bool) -> None:
+    async def _dispatch(
+        self,
+        entry_id: str,
+        fields: Fields,
+        *,
+        from_claim: bool,
+        snapshot: Mapping[str, str] | None = None,
+    ) -> None:
         if entry_id in self._in_flight:
             # Ours already (handed back by XAUTOCLAIM after an outage): one task per entry.
             return
         deliveries = await self._deliveries(entry_id) if from_claim else 1
-        task = asyncio.create_task(self._process(entry_id, fields, deliveries), name=entry_id)
+        task = asyncio.create_task(
+            self._process(entry_id, fields, deliveries, snapshot), name=entry_id
+        )
         self._in_flight[entry_id] = task
         self._occupying.add(entry_id)
 
@@ -305,9 +323,17 @@ class Agent:
         )
         return int(pending[0]["times_delivered"]) if pending else 1
 
-    async def _process(self, entry_id: str, fields: Fields, deliveries: int) -> None:
+    async def _process(
+        self,
+        entry_id: str,
+        fields: Fields,
+        deliveries: int,
+        snapshot: Mapping[str, str] | None,
+    ) -> None:
         try:
-            await self._processor.process(entry_id, fields, deliveries=deliveries)
+            await self._processor.process(
+                entry_id, fields, deliveries=deliveries, snapshot=snapshot
+            )
         except asyncio.CancelledError:
             log.warning("entry.interrupted", entry_id=entry_id)
             raise

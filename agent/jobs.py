@@ -146,15 +146,27 @@ class JobProcessor:
 
     # --- entry point ------------------------------------------------------------------------
 
-    async def process(self, entry_id: str, fields: Fields, *, deliveries: int) -> None:
-        """Take one entry as far as it goes: an outcome, a retry, or the dead letters."""
+    async def process(
+        self,
+        entry_id: str,
+        fields: Fields,
+        *,
+        deliveries: int,
+        snapshot: Mapping[str, str] | None = None,
+    ) -> None:
+        """Take one entry as far as it goes: an outcome, a retry, or the dead letters.
+
+        `snapshot` is the job's, when it was read with the entry; it is used only if it is
+        the snapshot of the job this entry names.
+        """
         try:
             signed = read_stream_fields(fields)
             job_id = peek_job_id(signed.envelope_bytes)
         except MalformedEnvelope as error:
             await self._dead_letter(entry_id, fields, Reason.MALFORMED, error.problem)
             return
-        snapshot = await self._store.snapshot(job_id)
+        if not snapshot or snapshot.get("job_id") != job_id:
+            snapshot = await self._store.snapshot(job_id)
         if snapshot is None:
             await self._dead_letter(entry_id, fields, Reason.UNKNOWN_JOB, f"no job {job_id}")
             return

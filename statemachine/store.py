@@ -166,6 +166,7 @@ class EventStore:
         self._request_cancel = client.register_script(_script("request_cancel.lua"))
         self._requeue = client.register_script(_script("requeue.lua"))
         self._renew = client.register_script(_script("renew_leases.lua"))
+        self._read_entries = client.register_script(_script("read_entries.lua"))
 
     @property
     def client(self) -> aioredis.Redis:
@@ -379,6 +380,28 @@ class EventStore:
             args=[job_id, str(now_ms)],
         )
         return int(result[0]), as_text(result[1])
+
+    async def read_new_entries(
+        self, stream: str, group: str, consumer: str, count: int
+    ) -> list[tuple[str, dict[bytes | str, bytes | str], dict[str, str]]]:
+        """Up to `count` new entries for `consumer`, without blocking, each with the snapshot
+        of the job it names ({} when it names none that exists), in one round trip.
+
+        The job id is read from the unverified entry only to pick the snapshot: the caller
+        must check that the snapshot's `job_id` is the one it reads from the entry itself.
+        """
+        reply = await self._read_entries(
+            keys=[stream], args=[group, consumer, count, self.keys.job("")]
+        )
+        entries: list[tuple[str, dict[bytes | str, bytes | str], dict[str, str]]] = []
+        for entry_id, flat_fields, flat_snapshot in reply:
+            fields = dict(zip(flat_fields[::2], flat_fields[1::2], strict=True))
+            snapshot = {
+                as_text(name): as_text(value)
+                for name, value in zip(flat_snapshot[::2], flat_snapshot[1::2], strict=True)
+            }
+            entries.append((as_text(entry_id), fields, snapshot))
+        return entries
 
     async def renew_leases(
         self, stream: str, group: str, consumer: str, entry_ids: Sequence[str]

@@ -1,0 +1,94 @@
+"""`EventStore.read_new_entries`: new stream entries with their jobs' snapshots in one round
+trip, whatever hostile bytes an entry carries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis.asyncio as aioredis
+
+from core.keys import AGENTS_GROUP
+from statemachine.store import EventStore, IndexJob
+from tests.keyring_fixtures import ring_of
+
+pytestmark = pytest.mark.redis
+
+RING = ring_of("k1")
+JOB_A = "01M8EY1QCPAVBXNZ7219NR591D"
+JOB_B = "01M8EY1QCQKYQWNHJWWXDMB6NQ"
+
+
+@pytest.fixture
+async def store(redis_client: aioredis.Redis, redis_keys) -> EventStore:
+    store = EventStore(redis_client, redis_keys, RING)
+    await redis_client.xgroup_create(
+        redis_keys.jobs_stream("local"), AGENTS_GROUP, id="0", mkstream=True
+    )
+    return store
+
+
+async def _job(store: EventStore, job_id: str) -> None:
+    await store.create_job(
+        job_id,
+        actor="panel:alice",
+        detail={"app_id": "hello-web", "target": "local", "requested_by": "alice"},
+        effects=[IndexJob(store.keys.jobs_index, 1000, job_id)],
+    )
+
+
+async def _entry(client: aioredis.Redis, store: EventStore, envelope: bytes | str) -> str:
+    fields = {"envelope": envelope, "sig": "00", "kid": "k1"}
+    entry_id = await client.xadd(store.keys.jobs_stream("local"), fields)  # type: ignore[arg-type]
+    return entry_id.decode()
+
+
+async def test_entries_come_with_the_snapshot_of_the_job_they_name(store, redis_client):
+    await _job(store, JOB_A)
+    await _job(store, JOB_B)
+    first = await _entry(redis_client, store, json.dumps({"job_id": JOB_A, "app_id": "x"}))
+    second = await _entry(redis_client, store, json.dumps({"app_id": "x", "job_id": JOB_B}))
+    stream = store.keys.jobs_stream("local")
+    read = await store.read_new_entries(stream, AGENTS_GROUP, "agent-1", 1)
+    assert [(entry_id, snapshot["job_id"]) for entry_id, _f, snapshot in read] == [(first, JOB_A)]
+    assert read[0][1][b"kid"] == b"k1"
+    assert read[0][2] == await store.snapshot(JOB_A)
+    read = await store.read_new_entries(stream, AGENTS_GROUP, "agent-1", 5)
+    assert [(entry_id, snapshot["state"]) for entry_id, _f, snapshot in read] == [
+        (second, "queued")
+    ]
+    assert await store.read_new_entries(stream, AGENTS_GROUP, "agent-1", 5) == []
+    pending = await redis_client.xpending(stream, AGENTS_GROUP)
+    assert pending["pending"] == 2  # delivered to the consumer, as XREADGROUP does
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        b"not json at all",
+        b"\xff\xfe binary",
+        json.dumps({"job_id": "../../etc"}),
+        json.dumps({"job_id": "*"}),
+        json.dumps({"job_id": JOB_A + "x"}),
+        json.dumps({"job_id": 12345}),
+        json.dumps([JOB_A]),
+        "[" * 5000 + "]" * 5000,
+        json.dumps({"job_id": "01M8EY1QCPAVBXNZ7219NR5999"}),  # a ULID with no job
+    ],
+    ids=["text", "binary", "path", "glob", "long", "number", "array", "deep", "no-job"],
+)
+async def test_an_entry_naming_no_readable_job_comes_without_a_snapshot(
+    store, redis_client, envelope
+):
+    await _job(store, JOB_A)
+    entry_id = await _entry(redis_client, store, envelope)
+    read = await store.read_new_entries(store.keys.jobs_stream("local"), AGENTS_GROUP, "agent-1", 5)
+    assert [(found, snapshot) for found, _f, snapshot in read] == [(entry_id, {})]
+
+
+async def test_an_entry_without_an_envelope_field_comes_without_a_snapshot(store, redis_client):
+    stream = store.keys.jobs_stream("local")
+    entry_id = (await redis_client.xadd(stream, {"job_id": JOB_A})).decode()
+    await _job(store, JOB_A)
+    read = await store.read_new_entries(stream, AGENTS_GROUP, "agent-1", 5)
+    assert [(found, snapshot) for found, _f, snapshot in read] == [(entry_id, {})]
