@@ -37,6 +37,7 @@ from panel.headers import add_security_headers
 from panel.identity import make_authenticate, refuse
 from panel.jobs import JobService
 from panel.metrics import PanelMetrics
+from panel.page_cache import PageCache
 from panel.ratelimit import RateLimiter
 from panel.sessions import SessionStore
 from panel.sse import stream_job
@@ -111,6 +112,7 @@ def create_app(
     app[appkeys.SETTINGS] = settings
     app[appkeys.CLOCK] = clock
     app[appkeys.CATALOGUE] = CatalogueCache(settings.common.installers_dir)
+    app[appkeys.PAGES] = PageCache()
     app[appkeys.METRICS] = PanelMetrics()
     app[appkeys.STREAMS] = weakref.WeakSet[EventSourceResponse]()
     if ring is None:

@@ -15,6 +15,7 @@ from panel.catalogue_cache import CatalogueCache
 from panel.credentials import CredentialLookup
 from panel.jobs import JobService
 from panel.metrics import PanelMetrics
+from panel.page_cache import PageCache
 from panel.ratelimit import RateLimiter
 from panel.sessions import SessionStore
 from panel.tokens import TokenStore
@@ -32,6 +33,7 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 RingSource = Callable[[], KeyRing]
 RING: web.AppKey[RingSource] = web.AppKey("ring")
 CATALOGUE = web.AppKey("catalogue", CatalogueCache)
+PAGES = web.AppKey("pages", PageCache)
 JOBS = web.AppKey("jobs", JobService)
 METRICS = web.AppKey("metrics", PanelMetrics)
 # Open SSE responses, closed on shutdown so a stop never waits for idle browsers.

@@ -205,6 +205,15 @@ async def app_form(request: web.Request) -> web.Response:
             from_job = ""
     else:
         from_job = ""
+    if values is None and target is None:  # the blank form: the same for every user of a role
+        pages = request.app[appkeys.PAGES]
+        return pages.render(
+            request,
+            "app_form.html",
+            lambda: _form_context(request, app),
+            key=app.app_id,
+            source=app,
+        )
     context = _form_context(request, app, values=values, target=target, from_job=from_job or None)
     return _render(request, "app_form.html", context)
 
