@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, Final, cast
@@ -543,53 +543,169 @@ async def _audit_all(
     on_job: Callable[[JobAudit], None] | None,
     share: tuple[int, int] | None,
 ) -> AuditSummary:
-    summary = AuditSummary()
-
-    def count(audit: JobAudit) -> None:
+    if only_job:
+        summary = AuditSummary()
+        audit = await audit_job(store, ring, only_job, check_streams=check_streams)
         summary.count(audit)
         if on_job is not None:
             on_job(audit)
+        return summary
+    audit_pass = await HistoryAudit.open(
+        store,
+        ring,
+        since_ms=since_ms,
+        check_streams=check_streams,
+        on_job=on_job,
+        share=share,
+        report_archives=share is None or share[0] == 0,
+    )
+    await audit_pass.read(start="-" if since_ms is None else f"{since_ms}-0")
+    await audit_pass.settle()
+    if since_ms is None:
+        await audit_pass.check_index()
+    return audit_pass.summary
 
-    if only_job:
-        count(await audit_job(store, ring, only_job, check_streams=check_streams))
-        return summary
-    archives = await load_archive_records(store.client, store.keys, ring)
-    if share is None or share[0] == 0:
-        for problem in (record.problem for record in archives.values() if record.problem):
-            count(JobAudit(ReplayedJob("(archive)"), None, [TamperError("(archive)", "", problem)]))
-    checker = _Checker(store, ring, archives, check_streams=check_streams, on_job=count)
-    partial = "skip" if since_ms is not None else ("anchor" if archives else "report")
-    history = HistoryPass(ring, checker.add, partial=partial, share=share, digests=check_streams)
-    start = "-" if since_ms is None else f"{since_ms}-0"
-    # While Python checks one batch, Redis prepares the next read and the checks of the jobs
-    # that finished before: a few checks in flight at a time keep memory bounded.
-    in_flight: deque[asyncio.Task[None]] = deque()
-    # Every process of a parallel audit reads the whole stream and checks its share: a
-    # filter inside Redis (tried) blocks the server for all of them and is slower.
-    async for batch in prefetched(raw_batches(store.client, store.keys.events, start=start)):
-        for stream_id, flat in batch:
-            history.add(stream_id, flat)
-        if batch:
-            checker.read_until_ms = stream_id_key(batch[-1][0])[0]
-        if checker.full:
-            if len(in_flight) >= CHECKS_IN_FLIGHT:
-                await in_flight.popleft()
-            in_flight.append(asyncio.create_task(checker.flush()))
-        # Let the reader send the next request (and the checks their pipelines) now, so
-        # Redis prepares them while this batch is checked.
-        await asyncio.sleep(0)
-    history.finish()
-    for task in in_flight:
-        await task
-    await checker.flush()
-    if since_ms is not None:
-        return summary
-    # Jobs of the index the global stream never mentioned: archived ones, or tampering.
-    seen = history.seen
-    async for job_id in job_ids(store.client, store):
-        if job_id in seen:
-            continue
-        if share is not None and job_share(job_id.encode(), share[1]) != share[0]:
-            continue
-        count(await checker.slow(job_id, await store.snapshot(job_id), None, from_index=True))
-    return summary
+
+class HistoryAudit:
+    """One audit pass over the global stream, or over a span of it, checking jobs as they end.
+
+    `read` the stream (or a span), `settle` (take the entries other passes set aside for
+    jobs this one met first, and check the jobs still open), then `check_index` (the jobs of
+    the index the global stream never mentioned). A split audit runs one per process
+    (`statemachine.audit_parallel`); `audit_all` runs one over everything.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        ring: KeyRing,
+        archives: Mapping[str, ArchiveRecord],
+        *,
+        partial: str,
+        check_streams: bool,
+        on_job: Callable[[JobAudit], None] | None,
+        share: tuple[int, int] | None = None,
+        defer: bool = False,
+    ) -> None:
+        self.summary = AuditSummary()
+        self._on_job = on_job
+        self._store = store
+        self._share = share
+        self._checker = _Checker(
+            store, ring, archives, check_streams=check_streams, on_job=self._count
+        )
+        self.history = HistoryPass(
+            ring,
+            self._checker.add,
+            partial=partial,
+            share=share,
+            digests=check_streams,
+            defer=defer,
+        )
+        # While Python checks one batch, Redis prepares the next read and the checks of the
+        # jobs that finished before: a few checks in flight at a time keep memory bounded.
+        self._in_flight: deque[asyncio.Task[None]] = deque()
+
+    @classmethod
+    async def open(
+        cls,
+        store: EventStore,
+        ring: KeyRing,
+        *,
+        since_ms: int | None = None,
+        check_streams: bool,
+        on_job: Callable[[JobAudit], None] | None,
+        share: tuple[int, int] | None = None,
+        defer: bool = False,
+        report_archives: bool = True,
+    ) -> HistoryAudit:
+        """A pass with the archive records loaded (their problems counted if `report_archives`)."""
+        archives = await load_archive_records(store.client, store.keys, ring)
+        partial = "skip" if since_ms is not None else ("anchor" if archives else "report")
+        audit_pass = cls(
+            store,
+            ring,
+            archives,
+            partial=partial,
+            check_streams=check_streams,
+            on_job=on_job,
+            share=share,
+            defer=defer,
+        )
+        if report_archives:
+            for problem in (record.problem for record in archives.values() if record.problem):
+                audit_pass._count(
+                    JobAudit(
+                        ReplayedJob("(archive)"), None, [TamperError("(archive)", "", problem)]
+                    )
+                )
+        return audit_pass
+
+    def _count(self, audit: JobAudit) -> None:
+        self.summary.count(audit)
+        if self._on_job is not None:
+            self._on_job(audit)
+
+    @property
+    def read_until_ms(self) -> int | None:
+        """The time of the last entry read (own events written later are not missing)."""
+        return self._checker.read_until_ms
+
+    async def read(self, *, start: str = "-", end: str = "+") -> None:
+        """Feed every entry from `start` to `end` to the pass, checking jobs as they finish."""
+        store = self._store
+        # Every process of a share-split audit reads the whole stream and checks its share: a
+        # filter inside Redis (tried) blocks the server for all of them and is slower.
+        async for batch in prefetched(
+            raw_batches(store.client, store.keys.events, start=start, end=end)
+        ):
+            for stream_id, flat in batch:
+                self.history.add(stream_id, flat)
+            if batch:
+                self._checker.read_until_ms = stream_id_key(batch[-1][0])[0]
+            if self._checker.full:
+                await self._launch()
+            # Let the reader send the next request (and the checks their pipelines) now, so
+            # Redis prepares them while this batch is checked.
+            await asyncio.sleep(0)
+        for task in self._in_flight:
+            await task
+        self._in_flight.clear()
+        await self._checker.flush()
+
+    async def _launch(self) -> None:
+        if len(self._in_flight) >= CHECKS_IN_FLIGHT:
+            await self._in_flight.popleft()
+        self._in_flight.append(asyncio.create_task(self._checker.flush()))
+
+    async def settle(
+        self,
+        taken: Iterable[tuple[str, Sequence[bytes]]] = (),
+        *,
+        read_until_ms: int | None = None,
+    ) -> None:
+        """Take entries set aside for jobs this pass met first, then check every job left."""
+        if read_until_ms is not None:
+            self._checker.read_until_ms = read_until_ms
+        self.history.take(taken)
+        self.history.finish()
+        await self._checker.flush()
+
+    async def check_index(
+        self, seen_elsewhere: Collection[str] = (), *, share: tuple[int, int] | None = None
+    ) -> None:
+        """Check the jobs of the index (of this pass's share, or `share`) that no pass met in
+        the stream: archived ones, or tampering."""
+        seen = self.history.seen
+        share = share or self._share
+        store = self._store
+        async for job_id in job_ids(store.client, store):
+            if job_id in seen or job_id in seen_elsewhere:
+                continue
+            if share is not None and job_share(job_id.encode(), share[1]) != share[0]:
+                continue
+            self._count(
+                await self._checker.slow(
+                    job_id, await store.snapshot(job_id), None, from_index=True
+                )
+            )

@@ -13,7 +13,7 @@ per batch of jobs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -97,6 +97,12 @@ class HistoryPass:
     - "anchor": replayed from that entry on (the start is in an archive, or before an
       export's `--since`);
     - "skip": left out (replay `--since`: the job was submitted before the window).
+
+    With `defer`, for a pass over a later span of the history (one process of a split audit),
+    a job first met mid-chain, or through an entry that does not parse, may well have started
+    in an earlier span: its entries are set aside in `deferred` instead, until the pass that
+    met the job first takes them (`take`), so that every job is replayed whole, in order, by
+    one pass.
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class HistoryPass:
         partial: str = "report",
         share: tuple[int, int] | None = None,
         digests: bool = True,
+        defer: bool = False,
     ) -> None:
         if partial not in ("report", "anchor", "skip"):
             raise ValueError(f"partial must be report, anchor or skip, not {partial!r}")
@@ -123,12 +130,37 @@ class HistoryPass:
         # comes later for one of them is reported instead of starting the job over. Only
         # ids and states stay; a finished job's replay leaves memory.
         self._closed: dict[str, str] = {}
+        self._defer = defer
+        # Job id -> its entries set aside, in stream order (see the class docstring).
+        self.deferred: dict[str, list[tuple[str, list[bytes]]]] = {}
         self.events = 0
 
     @property
     def seen(self) -> set[str]:
-        """Every job the pass has met so far (open, finished or skipped)."""
+        """Every job the pass has met so far (open, finished, skipped or set aside)."""
+        return set(self._open) | set(self._closed) | set(self.deferred)
+
+    @property
+    def replayed(self) -> set[str]:
+        """Every job the pass replays (open, finished or skipped), not those set aside."""
         return set(self._open) | set(self._closed)
+
+    def take(self, entries: Iterable[tuple[str, Sequence[bytes]]]) -> None:
+        """Entries set aside by this pass or a later one, for jobs this pass met first."""
+        defer, self._defer = self._defer, False
+        try:
+            for stream_id, flat in entries:
+                self.add(stream_id, flat)
+        finally:
+            self._defer = defer
+
+    def _set_aside(self, job_id: str, stream_id: str, flat: Sequence[bytes]) -> bool:
+        # Whether the entry goes aside: its job is set aside already, or unknown to this pass
+        # and met other than by its first event.
+        if job_id in self._open or job_id in self._closed:
+            return False
+        self.deferred.setdefault(job_id, []).append((stream_id, list(flat)))
+        return True
 
     def add(self, stream_id: str, flat: Sequence[bytes]) -> None:
         """One raw entry of the global stream: field names and values, alternating."""
@@ -137,18 +169,28 @@ class HistoryPass:
             and job_share(_job_id_of(flat), self._share[1]) != self._share[0]
         ):
             return
-        self.events += 1
-        # Kept as the list Redis gave (compared with the job's own copy, also a list).
-        digest = (flat if type(flat) is list else list(flat)) if self._digests else _NO_FIELDS
         try:
             event, detail_text = parse_flat_event(flat, stream_id=stream_id)
         except TamperError as error:
+            if self._defer and self._set_aside(error.job_id, stream_id, flat):
+                return
+            self.events += 1
+            digest = self._digest(flat)
             job = self._job(error.job_id, None)
             if job is not None:
                 job.replayer.malformed(TamperError(error.job_id, stream_id, error.problem))
                 job.digests.append((error.event_id, digest))
                 job.last_stream_id = stream_id
             return
+        if (
+            self._defer
+            and event.job_id not in self._open
+            and (event.src != NO_STATE or event.job_id in self.deferred)
+            and self._set_aside(event.job_id, stream_id, flat)
+        ):
+            return
+        self.events += 1
+        digest = self._digest(flat)
         job = self._job(event.job_id, event)
         if job is None:
             return
@@ -157,6 +199,12 @@ class HistoryPass:
         job.last_stream_id = stream_id
         if event.dst in TERMINAL_STATES:
             self._finish(event.job_id, event.dst)
+
+    def _digest(self, flat: Sequence[bytes]) -> list[bytes]:
+        # Kept as the list Redis gave (compared with the job's own copy, also a list).
+        if not self._digests:
+            return _NO_FIELDS
+        return flat if type(flat) is list else list(flat)
 
     def _job(self, job_id: str, first: Event | None) -> _OpenJob | None:
         job = self._open.get(job_id)
