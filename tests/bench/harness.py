@@ -163,6 +163,10 @@ class Process:
                 self.popen.kill()
                 self.popen.wait(timeout=10)
 
+    def cpu_s(self) -> tuple[float, float]:
+        """(own, its reaped children's) CPU seconds, user + system, so far."""
+        return cpu_seconds(self.pid)
+
     def memory_kib(self) -> tuple[int, int]:
         """(VmRSS, VmHWM) in KiB from /proc/<pid>/status."""
         values = {"VmRSS": 0, "VmHWM": 0}
@@ -172,6 +176,16 @@ class Process:
                 if name in values:
                     values[name] = int(rest.split()[0])
         return values["VmRSS"], values["VmHWM"]
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of process `pid` from /proc/<pid>/stat."""
+    # Fields after the command name's closing parenthesis: utime stime cutime cstime are
+    # the 12th to 15th of them (proc(5) numbers them 14 to 17, counting pid and comm).
+    after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    utime, stime, cutime, cstime = (int(value) for value in after_name[11:15])
+    return (utime + stime) / ticks, (cutime + cstime) / ticks
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ from panel.producer import submit_job
 from tests.bench.harness import (
     Process,
     World,
+    cpu_seconds,
     last_event_ms,
     median,
     open_store,
@@ -103,6 +104,8 @@ class Run:
 
     jobs_per_s: float
     agent_rss_kib: list[tuple[int, int]] = field(default_factory=list)
+    # CPU milliseconds per job: the agents' own, their installers', Redis's, the submitter's.
+    cpu_ms_per_job: dict[str, float] = field(default_factory=dict)
 
 
 async def submit_many(built: World, count: int, *, submitters: int = SUBMITTERS) -> float:
@@ -150,8 +153,13 @@ async def provision_run(
     try:
         await wait_for_agents(client, built, agents)
         before = int(await client.xlen(built.keys.events))
+        cpu_before = _cpu_of(built, processes)
         first = await submit_many(built, count)
         await wait_for_events(client, built, before + EVENTS_PER_JOB * count)
+        cpu = {
+            name: 1000 * (after - cpu_before[name]) / count
+            for name, after in _cpu_of(built, processes).items()
+        }
         last = await last_event_ms(client, built) / 1000
         failed = await _count_failed(client, built)
         if failed:
@@ -162,7 +170,18 @@ async def provision_run(
         for process in processes:
             process.stop()
             built.processes.remove(process)
-    return Run(count / (last - first), rss)
+    return Run(count / (last - first), rss, cpu)
+
+
+def _cpu_of(built: World, agents: list[Process]) -> dict[str, float]:
+    """CPU seconds so far: the agents' own, their installers', Redis's, this process's."""
+    own = [process.cpu_s() for process in agents]
+    return {
+        "agent": sum(agent for agent, _children in own),
+        "installers": sum(children for _agent, children in own),
+        "redis": cpu_seconds(built.server.pid)[0],
+        "submitter": time.process_time(),
+    }
 
 
 async def _count_failed(client: aioredis.Redis, built: World) -> int:
@@ -257,6 +276,8 @@ def one_round(count: int, peers: bool) -> dict[str, float]:
         with world(prefix="tput") as built:
             run = asyncio.run(provision_run(built, count, agents=agents, concurrency=concurrency))
             figures[name] = run.jobs_per_s
+            for part, ms in run.cpu_ms_per_job.items():
+                figures[f"cpu {name}: {part} ms/job"] = ms
             for index, (rss, hwm) in enumerate(run.agent_rss_kib):
                 figures[f"rss {name} #{index} MiB"] = rss / 1024
                 figures[f"peak {name} #{index} MiB"] = hwm / 1024
@@ -290,7 +311,27 @@ def report(rounds: list[dict[str, float]], count: int) -> dict[str, float]:
     for name, value in med.items():
         if name.startswith(("rss", "peak")):
             print(f"  {name:<44} {value:>10.1f}")
+    _report_cpu(med)
     return med
+
+
+def _report_cpu(med: dict[str, float]) -> None:
+    """CPU per job, and the ceiling it sets: two cores' worth of it, whatever the latency."""
+    cores = os.cpu_count() or 1
+    for name in CONFIGS:
+        parts = {
+            key.rpartition(": ")[2].removesuffix(" ms/job"): value
+            for key, value in med.items()
+            if key.startswith(f"cpu {name}: ")
+        }
+        if not parts:
+            continue
+        total = sum(parts.values())
+        shown = ", ".join(f"{part} {ms:.2f}" for part, ms in parts.items())
+        print(
+            f"  cpu per job, {name}: {shown} = {total:.2f} ms;"
+            f" {cores} cores allow at most {1000 * cores / total:.0f} jobs/s"
+        )
 
 
 def _verdict(ratio: float) -> str:
