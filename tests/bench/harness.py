@@ -188,6 +188,33 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return (utime + stime) / ticks, (cutime + cstime) / ticks
 
 
+def tree_cpu_seconds(root_pid: int) -> tuple[float, float]:
+    """`cpu_seconds` summed over `root_pid` and its living descendants (a worker pool).
+
+    A living process's CPU is in no parent's children figure yet, and a reaped one's is in
+    its parent's only, so the sum counts each process once.
+    """
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                after_name = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(after_name[1])
+    tree, grew = {root_pid}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    own = children = 0.0
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            pid_own, pid_children = cpu_seconds(pid)
+            own, children = own + pid_own, children + pid_children
+    return own, children
+
+
 @contextlib.contextmanager
 def world(n_apps: int = 8, *, prefix: str = "bench") -> Iterator[World]:
     """A fresh Redis (from the launcher `provision up` uses), no-op apps and a key ring."""

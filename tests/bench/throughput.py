@@ -41,6 +41,7 @@ from tests.bench.harness import (
     median,
     open_store,
     row,
+    tree_cpu_seconds,
     wait_for_agents,
     wait_for_events,
     world,
@@ -195,8 +196,9 @@ async def _count_failed(client: aioredis.Redis, built: World) -> int:
 # --- peers ------------------------------------------------------------------------------------
 
 
-def peer_run(built: World, kind: str, count: int) -> float:
-    """Tasks/s of Celery or Dramatiq running the script, from first send to last end."""
+def peer_run(built: World, kind: str, count: int) -> tuple[float, dict[str, float]]:
+    """Tasks/s of Celery or Dramatiq running the script, from first send to last end, and
+    the CPU milliseconds per task of its workers, their scripts, Redis, and the sender."""
     env = {
         **os.environ,
         "BENCH_REDIS_URL": built.url,
@@ -237,16 +239,32 @@ def peer_run(built: World, kind: str, count: int) -> float:
         send()  # warm-up: the workers are up and have connected before the clock starts
         _wait_list(client, done_key, 1, built.folder / f"{kind}.log")
         client.delete(done_key)
+        cpu_before = _peer_cpu(built, worker)
         first = time.time()
         for _ in range(count):
             send()
         _wait_list(client, done_key, count, built.folder / f"{kind}.log")
+        cpu = {
+            name: 1000 * (after - cpu_before[name]) / count
+            for name, after in _peer_cpu(built, worker).items()
+        }
         last = max(float(item.split()[1]) for item in client.lrange(done_key, 0, -1))
     finally:
         client.close()
         worker.stop()
         built.processes.remove(worker)
-    return count / (last - first)
+    return count / (last - first), cpu
+
+
+def _peer_cpu(built: World, worker: Process) -> dict[str, float]:
+    """CPU seconds so far of a peer's worker pool, its scripts, Redis and this process."""
+    workers, scripts = tree_cpu_seconds(worker.pid)
+    return {
+        "agent": workers,  # the peer's workers: what our agents are to us
+        "installers": scripts,
+        "redis": cpu_seconds(built.server.pid)[0],
+        "submitter": time.process_time(),
+    }
 
 
 def _wait_list(client: object, key: str, count: int, log: Path, timeout_s: float = 600) -> None:
@@ -284,7 +302,9 @@ def one_round(count: int, peers: bool) -> dict[str, float]:
     if peers:
         for kind in ("celery", "dramatiq"):
             with world(prefix=kind) as built:
-                figures[kind] = peer_run(built, kind, count)
+                figures[kind], cpu = peer_run(built, kind, count)
+                for part, ms in cpu.items():
+                    figures[f"cpu {kind}: {part} ms/job"] = ms
     return figures
 
 
@@ -318,7 +338,7 @@ def report(rounds: list[dict[str, float]], count: int) -> dict[str, float]:
 def _report_cpu(med: dict[str, float]) -> None:
     """CPU per job, and the ceiling it sets: two cores' worth of it, whatever the latency."""
     cores = os.cpu_count() or 1
-    for name in CONFIGS:
+    for name in [*CONFIGS, "celery", "dramatiq"]:
         parts = {
             key.rpartition(": ")[2].removesuffix(" ms/job"): value
             for key, value in med.items()
