@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from core.keyring import KeyRing
+from statemachine.archive import archive_history
 from statemachine.audit import AuditSummary, audit_all
 from statemachine.audit_parallel import audit_by_spans, audit_in_parallel, stream_spans
 from statemachine.store import EventStore, IndexJob
@@ -163,3 +164,22 @@ async def test_a_job_replayed_whole_in_a_later_span_falls_back_to_the_exact_spli
     assert by_spans is None
     assert parallel == one_pass
     assert "event after the job ended (succeeded)" in dict(one_pass["failing"])[early]
+
+
+@pytest.mark.timeout(180)
+async def test_after_an_archive_the_span_split_finds_what_one_pass_finds(
+    store, ring, redis_url, namespace, redis_client, tmp_path
+):
+    ids = await interleaved_history(store)
+    entries = await redis_client.xrange(store.keys.events)
+    middle = int(entries[len(entries) // 2][0].split(b"-")[0])
+    # The early job goes to the archive whole; the others keep their later events only, so
+    # every span meets them mid-chain, anchored at the archive's cut.
+    await archive_history(store, ring, tmp_path / "archive.jsonl", before_ms=middle)
+    one_pass, by_spans, parallel = await _both_ways(store, ring, redis_url, namespace)
+    remaining = await redis_client.xlen(store.keys.events)
+    assert 0 < remaining < len(entries)
+    # Jobs anchored at the cut are checked against their own streams, which are whole.
+    assert (one_pass["jobs"], one_pass["archived"], one_pass["failing"]) == (len(ids), 1, [])
+    assert by_spans is not None and _found(by_spans) == one_pass
+    assert parallel == one_pass
