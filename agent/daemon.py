@@ -264,6 +264,10 @@ class Agent:
         ready = await self._store.read_new_entries(
             self._stream, AGENTS_GROUP, self._consumer, self._free_slots()
         )
+        if self._stopping.is_set():
+            # Stopped meanwhile: take nothing more. Entries just read stay pending under our
+            # name and are resumed by our next life or reclaimed after the lease.
+            return
         if ready:
             for ready_id, ready_fields, snapshot in ready:
                 await self._dispatch(ready_id, ready_fields, from_claim=False, snapshot=snapshot)

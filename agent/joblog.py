@@ -189,7 +189,11 @@ class JobLogWriter:
             self._timer = None
         if self._background:
             await asyncio.wait(self._background)
-        self._raise_failure()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            # What that flush carried is lost (the log is best effort); what came after
+            # is still handed over.
+            log.warning("joblog.flush_failed_earlier", error=repr(failure))
         async with self._lock:  # after any flush in progress, so the order holds
             batch, self._pending = self._pending, []
         # Head lines only (the head never filled up): UTF-8 by construction, see `add`.

@@ -16,7 +16,7 @@ import pwd
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
@@ -61,7 +61,6 @@ from statemachine.machine import (
 from statemachine.store import (
     AckEntry,
     AppendEntry,
-    Applied,
     EventStore,
     ScheduleRetry,
     SetJobFields,
@@ -80,6 +79,7 @@ STEP_RETRY_CAP_S: Final = 1.0
 MAX_DEAD_FIELD_BYTES: Final = 16 * 1024
 
 Fields = Mapping[bytes | str, bytes | str]
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -305,16 +305,17 @@ class JobProcessor:
                 Step("start", {"entry_id": entry_id, "script": manifest.script}, attempt),
             ]
             try:
+                # Built once, so that a resend after a lost answer sends the same events.
+                prepared = await self._store.prepare(
+                    job_id,
+                    steps,
+                    actor=self._actor,
+                    expect_state=QUEUED,
+                    expect_fields={"entry_id": "", "cancel_requested": "0"},
+                    known=snapshot,
+                )
                 applied = await self._step_through_outages(
-                    lambda: self._store.chain(
-                        job_id,
-                        steps,
-                        actor=self._actor,
-                        expect_state=QUEUED,
-                        expect_fields={"entry_id": "", "cancel_requested": "0"},
-                        known=snapshot,
-                    ),
-                    "start",
+                    lambda: self._store.apply(prepared), "start"
                 )
             except TransitionError as error:
                 log.info("job.transition_lost", trigger="start", problem=str(error))
@@ -637,57 +638,63 @@ class JobProcessor:
         ack = AckEntry(self._stream, AGENTS_GROUP, entry_id)
         extra = dict(detail or {})
         run: dict[str, Any] = {"run_attempt": attempt, "known": known}
-        if isinstance(decision, Succeed):
-            applied = await self._transition(
-                job_id,
-                "succeed",
-                state,
-                entry_id=entry_id,
-                detail=extra,
-                effects=[*lines, ack],
-                **run,
+        applied: dict[str, str] | None = None
+        try:
+            applied = await self._record_decision(
+                job_id, state, decision, entry_id, extra, run, [*lines, ack]
             )
-        elif isinstance(decision, Retry):
+        finally:
+            # The step not recorded (lost to another actor, a Redis error, a stop): the lines
+            # are written on their own, so the run's output is not lost with it.
+            if applied is None and log_tail:
+                await asyncio.shield(self._write_log_lines(job_id, log_tail))
+        if applied is not None:  # counted once, by the actor whose step was recorded
+            self._metrics.decided(applied.get("app_id", ""), decision)
+
+    async def _record_decision(
+        self,
+        job_id: str,
+        state: str,
+        decision: Succeed | Retry | Fail,
+        entry_id: str,
+        extra: dict[str, Any],
+        run: dict[str, Any],
+        effects: list[SideEffect],
+    ) -> dict[str, str] | None:
+        """The decision's transition, with `effects` (the log's last lines and the ACK)."""
+        if isinstance(decision, Succeed):
+            return await self._transition(
+                job_id, "succeed", state, entry_id=entry_id, detail=extra, effects=effects, **run
+            )
+        if isinstance(decision, Retry):
             next_retry_at = int((self._clock_s() + decision.delay_s) * 1000)
             extra.update(
                 reason=decision.reason, delay_s=decision.delay_s, next_retry_at=next_retry_at
             )
-            applied = await self._transition(
+            return await self._transition(
                 job_id,
                 "retry",
                 state,
                 entry_id=entry_id,
                 detail=extra,
-                effects=[*lines, ack, ScheduleRetry(self._keys.retry, next_retry_at, job_id)],
+                effects=[*effects, ScheduleRetry(self._keys.retry, next_retry_at, job_id)],
                 **run,
             )
-        else:
-            extra["reason"] = str(decision.reason)
-            trigger = "cancel" if decision.reason == Reason.CANCELLED else "fail"
-            applied = await self._transition(
-                job_id,
-                trigger,
-                state,
-                entry_id=entry_id,
-                detail=extra,
-                effects=[*lines, ack],
-                **run,
-            )
-        if applied is not None:  # counted once, by the actor whose step was recorded
-            self._metrics.decided(applied.get("app_id", ""), decision)
-        else:
-            await self._write_log_lines(job_id, log_tail or [])
+        extra["reason"] = str(decision.reason)
+        trigger = "cancel" if decision.reason == Reason.CANCELLED else "fail"
+        return await self._transition(
+            job_id, trigger, state, entry_id=entry_id, detail=extra, effects=effects, **run
+        )
 
-    async def _step_through_outages(
-        self, step: Callable[[], Awaitable[Applied]], trigger: str
-    ) -> Applied:
+    async def _step_through_outages(self, step: Callable[[], Awaitable[_T]], trigger: str) -> _T:
         """Run one shielded step, sending it again while Redis is unreachable.
 
         Giving up would leave the entry to be reclaimed after the lease, where the job,
         still `running`, reads as `agent_lost` and runs again although its run had ended
-        (found by the chaos suite, scenario 3). Sending it again is safe: each step is a
-        compare-and-set, so if the lost try did land, the next one fails as a conflict.
-        A stop that cancels the job ends the wait; the entry is then reclaimed as before.
+        (found by the chaos suite, scenario 3). Sending it again is safe: a write sends the
+        same prepared events each time (`EventStore.prepare`), so if the lost try did land,
+        the store recognises its own write instead of reporting a conflict. A stop that
+        cancels the job ends the wait; the entry is then reclaimed as before.
         """
         delay = 0.1
         while True:
@@ -725,20 +732,18 @@ class JobProcessor:
         if run_attempt is not None:
             expected["attempt"] = str(run_attempt)
         try:
-            applied = await self._step_through_outages(
-                lambda: self._store.transition(
+            prepared = await self._step_through_outages(
+                lambda: self._store.prepare(
                     job_id,
-                    trigger,
+                    [Step(trigger, detail or {}, attempt, effects or [])],
                     actor=self._actor,
-                    detail=detail,
-                    attempt=attempt,
                     expect_state=expect_state,
                     expect_fields=expected,
-                    effects=effects or [],
                     known=known,
                 ),
                 trigger,
             )
+            applied = await self._step_through_outages(lambda: self._store.apply(prepared), trigger)
         except TransitionError as error:
             log.info("job.transition_lost", trigger=trigger, problem=str(error))
             snapshot = await self._store.snapshot(job_id)

@@ -116,6 +116,21 @@ class Applied:
     appended_ids: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A step built and MACed by `EventStore.prepare`, ready for `EventStore.apply`.
+
+    Sending the same Prepared again sends the very same events (ids, times, hashes), which
+    is what lets the store recognise a write of its own whose answer was lost.
+    """
+
+    job_id: str
+    src: str
+    keys: list[str]
+    args: list[str]
+    applied: Applied  # what the step leaves when it lands
+
+
 def _flatten(mapping: Mapping[str, str]) -> list[str]:
     return [item for pair in mapping.items() for item in pair]
 
@@ -189,16 +204,14 @@ class EventStore:
         effects: Sequence[SideEffect] = (),
     ) -> Applied:
         """Write a new job's `submit` event and snapshot (and e.g. its stream entry) at once."""
-        return await self._apply(
+        prepared = self._build(
             job_id,
-            "submit",
+            [Step("submit", detail, 0, effects)],
             snapshot={},
             actor=actor,
-            detail=detail,
-            attempt=0,
-            effects=effects,
             extra_fields={"cancel_requested": "0", "entry_id": ""},
         )
+        return await self.apply(prepared)
 
     async def transition(
         self,
@@ -224,21 +237,15 @@ class EventStore:
         end in TransitionConflict. Raises JobNotFound, IllegalTransition, or
         TransitionConflict when another actor moved the job first.
         """
-        snapshot = dict(known) if known is not None else await self.snapshot(job_id)
-        if snapshot is None:
-            raise JobNotFound(job_id)
-        if expect_state is not None and snapshot.get("state", NO_STATE) != expect_state:
-            raise TransitionConflict(job_id, expect_state, snapshot.get("state", NO_STATE))
-        return await self._apply(
+        prepared = await self.prepare(
             job_id,
-            trigger,
-            snapshot=snapshot,
+            [Step(trigger, detail or {}, attempt, effects)],
             actor=actor,
-            detail=detail or {},
-            attempt=int(snapshot.get("attempt", "0")) if attempt is None else attempt,
-            effects=effects,
+            expect_state=expect_state,
             expect_fields=expect_fields,
+            known=known,
         )
+        return await self.apply(prepared)
 
     async def chain(
         self,
@@ -253,45 +260,50 @@ class EventStore:
         """Fire several triggers in a row as ONE atomic step: one event each, in order.
 
         For steps that always follow one another when nothing stands between them (an agent
-        that verifies, validates and starts a job at once): the events and the snapshot are
-        exactly those the steps would leave one by one (each event chained to the one before,
-        each transition legal), and the single check of state, last hash and `expect_fields`
-        guards the whole chain. Returns what the last step wrote; raises as `transition`.
+        that verifies, validates and starts a job at once): each event is chained to the one
+        before and each transition is legal, as if the steps were recorded one by one (they
+        share one `at`), and the single check of state, last hash and `expect_fields` guards
+        the whole chain. Returns what the last step wrote; raises as `transition`.
+        """
+        if not steps:
+            raise ValueError("a chain needs at least one step")
+        prepared = await self.prepare(
+            job_id,
+            steps,
+            actor=actor,
+            expect_state=expect_state,
+            expect_fields=expect_fields,
+            known=known,
+        )
+        return await self.apply(prepared)
+
+    async def prepare(
+        self,
+        job_id: str,
+        steps: Sequence[Step],
+        *,
+        actor: str,
+        expect_state: str | None = None,
+        expect_fields: Mapping[str, str] | None = None,
+        known: Mapping[str, str] | None = None,
+    ) -> Prepared:
+        """Build (and MAC) the events of `steps` on the job's snapshot, without writing.
+
+        `apply` writes them; a caller that must send a step again after a lost answer sends
+        the same Prepared, so that the store recognises its own write (see `apply`).
         """
         if not steps:
             raise ValueError("a chain needs at least one step")
         snapshot = dict(known) if known is not None else await self.snapshot(job_id)
         if snapshot is None:
             raise JobNotFound(job_id)
-        if snapshot.get("state", NO_STATE) != expect_state:
+        if expect_state is not None and snapshot.get("state", NO_STATE) != expect_state:
             raise TransitionConflict(job_id, expect_state, snapshot.get("state", NO_STATE))
-        return await self._apply_steps(
+        return self._build(
             job_id, steps, snapshot=snapshot, actor=actor, expect_fields=expect_fields
         )
 
-    async def _apply(
-        self,
-        job_id: str,
-        trigger: str,
-        *,
-        snapshot: Mapping[str, str],
-        actor: str,
-        detail: Mapping[str, Any],
-        attempt: int,
-        effects: Sequence[SideEffect],
-        extra_fields: Mapping[str, str] | None = None,
-        expect_fields: Mapping[str, str] | None = None,
-    ) -> Applied:
-        return await self._apply_steps(
-            job_id,
-            [Step(trigger, detail, attempt, effects)],
-            snapshot=snapshot,
-            actor=actor,
-            extra_fields=extra_fields,
-            expect_fields=expect_fields,
-        )
-
-    async def _apply_steps(
+    def _build(
         self,
         job_id: str,
         steps: Sequence[Step],
@@ -300,7 +312,7 @@ class EventStore:
         actor: str,
         extra_fields: Mapping[str, str] | None = None,
         expect_fields: Mapping[str, str] | None = None,
-    ) -> Applied:
+    ) -> Prepared:
         src = snapshot.get("state", NO_STATE)
         prev = snapshot.get("last_hash", "")
         ring = self._ring_source()
@@ -327,19 +339,22 @@ class EventStore:
             step_changes = apply_event(after, event)
             changes.update(step_changes)
             after.update(step_changes)
-            # The fields side effects set belong to the new snapshot too, so a caller can
-            # hand it to its next transition as `known`.
-            for effect in step.effects:
-                if isinstance(effect, SetJobFields):
-                    after.update(effect.fields)
             effects.extend(step.effects)
             events.append(event)
+        # What the script leaves, in its order: the changes (with extra_fields), then the
+        # fields side effects set, which belong to the new snapshot too, so a caller can hand
+        # it to its next transition as `known`.
         if extra_fields:
             changes.update(extra_fields)
             after.update(extra_fields)
+        for effect in effects:
+            if isinstance(effect, SetJobFields):
+                after.update(effect.fields)
         effect_keys, ops = _encode_effects(effects, first_index=4)
         keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.events]
-        result = await self._transition(
+        return Prepared(
+            job_id=job_id,
+            src=src,
             keys=[*keys, *effect_keys],
             args=[
                 src,
@@ -349,18 +364,23 @@ class EventStore:
                 json.dumps(ops),
                 json.dumps(_flatten(expect_fields or {})),
             ],
+            applied=Applied(event=events[-1], snapshot=after, events_stream_id=""),
         )
-        last = events[-1]
-        applied = Applied(event=last, snapshot=after, events_stream_id="")
+
+    async def apply(self, prepared: Prepared) -> Applied:
+        """Write a prepared step atomically; TransitionConflict if the job moved on first.
+
+        Sent again after a lost answer, it reports the step as written when the job's last
+        event is its own: the first send ran, and the step happened once.
+        """
+        result = await self._transition(keys=prepared.keys, args=prepared.args)
         if int(result[0]) != 1:
             actual_state, last_event_id = as_text(result[1]), as_text(result[2])
-            if last_event_id == last.event_id:
-                # Our own write, seen again: the client retried the script after a lost
-                # answer and the first call had run. The step happened once; report it.
-                return applied
-            raise TransitionConflict(job_id, src, actual_state)
+            if last_event_id == prepared.applied.event.event_id:
+                return prepared.applied
+            raise TransitionConflict(prepared.job_id, prepared.src, actual_state)
         return replace(
-            applied,
+            prepared.applied,
             events_stream_id=as_text(result[2]),
             appended_ids=[as_text(entry_id) for entry_id in result[3:]],
         )

@@ -1,7 +1,7 @@
-#!lua flags=no-cluster
 -- Read new entries for a consumer of a jobs stream WITHOUT blocking, each with the snapshot
 -- of the job it names, in one round trip (the agent otherwise reads the snapshot right after).
--- no-cluster: the snapshots' keys come from the entries, so they cannot be declared upfront.
+-- Not for Redis Cluster: the snapshots' keys come from the entries, so they cannot be
+-- declared upfront (no `#!lua flags=no-cluster` line either: Redis 6.2 cannot parse it).
 --
 -- KEYS[1] the jobs stream
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] count, ARGV[4] the snapshot key prefix (prov:job:)
@@ -26,7 +26,11 @@ for _, entry in ipairs(reply[1][2]) do
       -- A ULID, as the agent will insist: nothing else becomes part of a key name.
       if type(job_id) == 'string' and #job_id == 26 and
           string.match(job_id, '^[0-7][0-9A-HJKMNP-TV-Z]+$') then
-        snapshot = redis.call('HGETALL', ARGV[4] .. job_id)
+        -- pcall: the entries are ours already, so one odd key must not fail the batch.
+        local found = redis.pcall('HGETALL', ARGV[4] .. job_id)
+        if type(found) == 'table' and found.err == nil then
+          snapshot = found
+        end
       end
       break
     end

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agent.daemon import Agent
+from agent.joblog import JobLogWriter
+from agent.jobs import JobProcessor
 from core.catalogue import Catalogue
 from core.keyring import KeyRing
 from core.keys import AGENTS_GROUP
@@ -726,19 +729,19 @@ async def test_a_free_app_is_verified_validated_and_started_in_one_atomic_step(
     installers, effects, ring, store, settings, start_agent, monkeypatch
 ):
     chains: list[list[str]] = []
-    real_chain = EventStore.chain
+    real_prepare = EventStore.prepare
 
-    async def counting_chain(self, job_id, steps, **kwargs):  # type: ignore[no-untyped-def]
+    async def counting_prepare(self, job_id, steps, **kwargs):  # type: ignore[no-untyped-def]
         chains.append([step.trigger for step in steps])
-        return await real_chain(self, job_id, steps, **kwargs)
+        return await real_prepare(self, job_id, steps, **kwargs)
 
-    monkeypatch.setattr(EventStore, "chain", counting_chain)
+    monkeypatch.setattr(EventStore, "prepare", counting_prepare)
     write_app(installers, "hello", recording(effects))
     await start_agent(settings)
     job = await submit(store, ring, installers, "hello")
     snapshot = await wait_for_state(store, job.job_id, TERMINAL)
     assert snapshot["state"] == "succeeded"
-    assert chains == [["verify", "validate", "start"]]
+    assert chains == [["verify", "validate", "start"], ["succeed"]]
     events = await store.job_events(job.job_id)
     assert [e.trigger for e in events] == ["submit", "verify", "validate", "start", "succeed"]
     assert events[3].detail["entry_id"] == snapshot["entry_id"]
@@ -750,13 +753,14 @@ async def test_a_cancel_landing_just_before_the_atomic_start_cancels_the_job_unr
     installers, effects, ring, store, settings, start_agent, monkeypatch
 ):
     """The race the one-step start must lose: its single check sees the cancel request."""
-    real_chain = EventStore.chain
+    real_apply = EventStore.apply
 
-    async def cancel_first(self, job_id, steps, **kwargs):  # type: ignore[no-untyped-def]
-        await self.request_cancel(job_id)  # the panel's cancel, between read and start
-        return await real_chain(self, job_id, steps, **kwargs)
+    async def cancel_first(self, prepared):  # type: ignore[no-untyped-def]
+        if prepared.applied.event.trigger == "start":
+            await self.request_cancel(prepared.job_id)  # the panel's cancel, just before
+        return await real_apply(self, prepared)
 
-    monkeypatch.setattr(EventStore, "chain", cancel_first)
+    monkeypatch.setattr(EventStore, "apply", cancel_first)
     write_app(installers, "never", recording(effects))
     await start_agent(settings)
     job = await submit(store, ring, installers, "never")
@@ -775,13 +779,18 @@ async def _nothing_pending(store: EventStore) -> bool:
 
 
 async def test_the_last_log_lines_are_written_with_the_outcome_byte_for_byte(
-    installers, ring, store, settings, start_agent, redis_client, redis_keys
+    installers, ring, store, settings, start_agent, redis_client, redis_keys, monkeypatch
 ):
     # Astral characters (a surrogate pair in JSON), accents, a tab, a NUL-free control byte:
     # everything the atomic step's JSON carries must come out as the script printed it.
     printed = ["héllo wörld", "smile \U0001f600 ok", "tab\there", "bell\x07", ""]
     script = "\n".join(f"printf '%s\\n' {shlex.quote(line)}" for line in printed)
     write_app(installers, "talk", script + "\necho err >&2")
+
+    async def no_plain_close(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the last lines must go with the outcome, not on their own")
+
+    monkeypatch.setattr(JobLogWriter, "close", no_plain_close)
     await start_agent(settings)
     job = await submit(store, ring, installers, "talk")
     snapshot = await wait_for_state(store, job.job_id, TERMINAL)
@@ -823,3 +832,120 @@ async def test_no_more_installers_run_at_once_than_the_concurrency(
     seen = [int(line) for line in counts.read_text().split()]
     assert len(seen) == len(apps)
     assert max(seen) == concurrency
+
+
+@pytest.mark.parametrize("lost", ["start", "succeed"])
+async def test_a_step_whose_answer_is_lost_is_recognised_as_written_once(
+    installers,
+    effects,
+    ring,
+    store,
+    settings,
+    start_agent,
+    redis_client,
+    redis_keys,
+    monkeypatch,
+    lost,
+):
+    """The write lands, its answer does not: the resend carries the same events, so the
+    store sees its own write. Before, a rebuilt event conflicted: the job sat `running`
+    unrun until its lease lapsed, or its last log lines were written twice."""
+    real_apply = EventStore.apply
+    dropped: list[str] = []
+
+    async def lose_first_answer(self, prepared):  # type: ignore[no-untyped-def]
+        applied = await real_apply(self, prepared)
+        if prepared.applied.event.trigger == lost and not dropped:
+            dropped.append(lost)
+            raise RedisConnectionError("answer lost after the write")
+        return applied
+
+    monkeypatch.setattr(EventStore, "apply", lose_first_answer)
+    write_app(installers, "once", recording(effects, "echo one; echo two"))
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "once")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL, timeout_s=10)
+    assert dropped == [lost]
+    assert snapshot["state"] == "succeeded"
+    assert await triggers(store, job.job_id) == ["submit", "verify", "validate", "start", "succeed"]
+    assert len(effect_lines(effects)) == 1
+    log = await redis_client.xrange(redis_keys.job_log(job.job_id))
+    assert [f[b"line"] for _, f in log] == [b"one", b"two"]
+    await wait_until(lambda: _nothing_pending(store), message="the entry acknowledged")
+
+
+async def test_a_job_ended_by_another_actor_before_the_atomic_start_is_acknowledged_unrun(
+    installers, effects, ring, store, settings, start_agent, monkeypatch
+):
+    real_apply = EventStore.apply
+
+    async def end_it_first(self, prepared):  # type: ignore[no-untyped-def]
+        if prepared.applied.event.trigger == "start":
+            await self.transition(prepared.job_id, "cancel", actor="panel:bob")
+        return await real_apply(self, prepared)
+
+    monkeypatch.setattr(EventStore, "apply", end_it_first)
+    write_app(installers, "never", recording(effects))
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "never")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert snapshot["state"] == "failed"
+    assert await triggers(store, job.job_id) == ["submit", "cancel"]
+    assert not effects.exists()
+    await wait_until(lambda: _nothing_pending(store), message="the entry acknowledged")
+
+
+async def test_a_slot_is_free_again_before_the_outcome_is_written(
+    installers, tmp_path, ring, store, redis_url, namespace, start_agent, monkeypatch
+):
+    """Concurrency 1: the first outcome's write waits until the second installer runs,
+    which it can only do if the first job gave its slot back when its installer exited."""
+    second_ran = tmp_path / "second-ran"
+    gate = asyncio.Event()
+    real_finish = JobProcessor._finish
+
+    async def finish_after_the_next_start(self, job_id, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not gate.is_set():
+            await wait_until(second_ran.exists, message="the next job started meanwhile")
+            gate.set()
+        return await real_finish(self, job_id, *args, **kwargs)
+
+    monkeypatch.setattr(JobProcessor, "_finish", finish_after_the_next_start)
+    write_app(installers, "first", "exit 0")
+    write_app(installers, "second", f"touch {second_ran}")
+    env = agent_environ(
+        redis_url=redis_url,
+        namespace=namespace,
+        keys_file=tmp_path / "hmac.keys",
+        installers=installers,
+        agent_id="agent-one-slot",
+        PROV_AGENT_CONCURRENCY="1",
+    )
+    first = await submit(store, ring, installers, "first")
+    second = await submit(store, ring, installers, "second")
+    await start_agent(AgentSettings.from_env(env))
+    for job in (first, second):
+        assert (await wait_for_state(store, job.job_id, TERMINAL))["state"] == "succeeded"
+
+
+async def test_a_stop_during_the_read_takes_nothing_more(
+    installers, effects, ring, store, settings, start_agent, monkeypatch
+):
+    running_agents: list[RunningAgent] = []
+    real_read = EventStore.read_new_entries
+
+    async def stop_while_reading(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        entries = await real_read(self, *args, **kwargs)
+        if entries:
+            running_agents[0].agent.stop()  # SIGTERM lands while the read is in flight
+        return entries
+
+    monkeypatch.setattr(EventStore, "read_new_entries", stop_while_reading)
+    write_app(installers, "late", recording(effects))
+    job = await submit(store, ring, installers, "late")
+    running_agents.append(await start_agent(settings))
+    await asyncio.wait_for(running_agents[0].task, timeout=10)
+    assert not effects.exists()
+    assert (await store.snapshot(job.job_id) or {}).get("state") == "queued"
+    pending = await store.client.xpending(store.keys.jobs_stream("local"), AGENTS_GROUP)
+    assert int(pending["pending"]) == 1  # ours, resumed by our next life or reclaimed

