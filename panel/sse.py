@@ -17,6 +17,7 @@ from typing import Any, Final, cast
 
 from aiohttp import web
 from aiohttp_sse import sse_response
+from redis.typing import KeyT, StreamIdT
 
 from core.stream_ids import is_stream_id
 from panel import appkeys
@@ -78,14 +79,17 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
         # A job that already ended only needs draining from the cursors on.
         finished = job["state"] in TERMINAL_STATES
         while response.is_connected():
+            cursors: dict[KeyT, StreamIdT] = {events_key: events_cursor, log_key: log_cursor}
             reply = cast(
                 StreamEntries | None,
-                await client.xread(
-                    {events_key: events_cursor, log_key: log_cursor},
-                    count=BATCH,
-                    block=None if finished else BLOCK_MS,
-                ),
+                await client.xread(cursors, count=BATCH, block=None if finished else BLOCK_MS),
             )
+            if reply and not finished:
+                # A blocked XREAD is woken by one stream and answers with that one only. The
+                # agent writes a run's last output in the same atomic step as the event that
+                # ends it, so the event alone would come first and a client that stops at it
+                # would lose the output. Read both again, from the same cursors, at once.
+                reply = cast(StreamEntries | None, await client.xread(cursors, count=BATCH))
             merged: list[tuple[tuple[int, int, int], str, str, dict[Any, Any]]] = []
             for key, entries in reply or []:
                 kind = "event" if key.decode() == events_key else "log"
