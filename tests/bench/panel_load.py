@@ -55,9 +55,10 @@ async def load(
     headers: dict[str, str],
     count: int,
     clients: int,
-    server_pid: int,
+    server_pid: int | None = None,
 ) -> Load:
-    """`count` requests over `clients` connections (after a warm-up pass of as many)."""
+    """`count` requests over `clients` connections (after a warm-up pass of as many);
+    the server's CPU per request when its `server_pid` is given (else 0)."""
     times: list[float] = []
     left = [count]
     connector = aiohttp.TCPConnector(limit=clients)
@@ -76,13 +77,15 @@ async def load(
         await asyncio.gather(*(worker() for _ in range(min(clients, count))))  # warm-up
         times.clear()
         left[0] = count
-        server_cpu, own_cpu = cpu_seconds(server_pid), time.process_time()
+        server_cpu = cpu_seconds(server_pid) if server_pid is not None else 0.0
+        own_cpu = time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.perf_counter() - started
         # CPU per request, of the server and of this load generator: steadier than
         # requests/s on a shared machine, and it shows who uses the two cores.
-        server_us = (cpu_seconds(server_pid) - server_cpu) / count * 1e6
+        server_now = cpu_seconds(server_pid) if server_pid is not None else 0.0
+        server_us = (server_now - server_cpu) / count * 1e6
         own_us = (time.process_time() - own_cpu) / count * 1e6
     return Load(count / elapsed, times, server_us, own_us)
 
