@@ -5,7 +5,8 @@ job as its events pass (`statemachine.history`): illegal transitions, broken `pr
 or unknown-key macs. As jobs finish they are checked in batches of a hundred, one round
 trip each: the stored snapshot against the replayed one (drift), and the job's own stream
 against its global entries (both read raw, as lists of the stored bytes, and compared as such:
-no digest is built on either side, and Redis does no more than a plain XRANGE).
+no digest is built on either side; one XREAD reads the batch's own streams, and one script
+answer holds its snapshots).
 
 A job whose two streams disagree, that the global stream does not hold (or holds only from
 an archive's cut on), or that `--job` names, takes the slow path: its own stream is replayed
@@ -240,7 +241,13 @@ def _snapshot_of(flat: list[bytes | str]) -> dict[str, str] | None:
     """A snapshot hash from its flat field/value list (None when the hash does not exist)."""
     if not flat:
         return None
-    return _decoded(dict(zip(flat[0::2], flat[1::2], strict=False)))
+    try:
+        # The usual answer: UTF-8 bytes, decoded in C.
+        return dict(
+            zip(map(bytes.decode, flat[0::2]), map(bytes.decode, flat[1::2]), strict=False)  # type: ignore[arg-type]
+        )
+    except (TypeError, UnicodeDecodeError):
+        return _decoded(dict(zip(flat[0::2], flat[1::2], strict=False)))
 
 
 def _by_key(answer: object) -> dict[bytes, list[list[Any]]]:
