@@ -186,8 +186,28 @@ class Agent:
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 log.warning("agent.redis_unreachable", error=str(error), retry_in_s=backoff)
+                self._defer_reclaim()
                 await self._pause(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def _defer_reclaim(self) -> None:
+        """Take no idle entries for one lease: Redis was unreachable or stalled.
+
+        Redis counts an entry's idle time through an outage, so right after one every entry
+        looks lapsed, those of live agents included, which could not renew meanwhile. Found
+        by the chaos suite (scenario 4, Redis paused past the lease): another agent's reclaim
+        could land before the owner's renewal, and a running job was rerun as agent_lost.
+        The owners renew within a third of a lease; an agent that did die is reclaimed one
+        lease later, which only costs time.
+        """
+        until = asyncio.get_running_loop().time() + self._settings.lease_s
+        self._next_reclaim_at = max(self._next_reclaim_at, until)
+
+    def _note_call_time(self, started: float, expected_s: float) -> None:
+        """Defer reclaims when a Redis call took far longer than it should (a stalled server
+        answers late, without any error)."""
+        if asyncio.get_running_loop().time() - started > expected_s + self._settings.lease_s / 2:
+            self._defer_reclaim()
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -261,9 +281,11 @@ class Agent:
             return
         # While the queue holds entries, one round trip reads them with their jobs'
         # snapshots; only an empty queue needs the blocking read (and the job read after it).
+        started = asyncio.get_running_loop().time()
         ready = await self._store.read_new_entries(
             self._stream, AGENTS_GROUP, self._consumer, self._free_slots()
         )
+        self._note_call_time(started, 0.0)
         if self._stopping.is_set():
             # Stopped meanwhile: take nothing more. Entries just read stay pending under our
             # name and are resumed by our next life or reclaimed after the lease.
@@ -284,6 +306,7 @@ class Agent:
         # stop() cancels it: no need to sit out the blocking read. An entry delivered in
         # that instant stays pending under our name and is reclaimed after the lease.
         self._reading = read
+        started = asyncio.get_running_loop().time()
         try:
             reply = cast(ReadReply | None, await read)
         except asyncio.CancelledError:
@@ -293,6 +316,7 @@ class Agent:
             return
         finally:
             self._reading = None
+        self._note_call_time(started, READ_BLOCK_MS / 1000)
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 await self._dispatch(as_text(entry_id), fields, from_claim=False)
