@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Final, cast
 
 import redis.asyncio as aioredis
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from core.keys import RedisKeys
@@ -74,6 +74,24 @@ def stored_user(
     )
 
 
+# argon2-cffi's default parameters (RFC 9106, low memory), for the password nobody has.
+_DUMMY_HASH: Final = (
+    "$argon2id$v=19$m=65536,t=3,p=4$LQUVRaDgNsK7vChTiRIlPg$8paxyLxZNqD9uJA4eF77YiCSHBqSjGVtHD1Vm6vKlpg"
+)
+
+
+def _same_parameters(hasher: PasswordHasher, stored: str) -> bool:
+    """Whether verifying `stored` costs what verifying a hash made by `hasher` costs."""
+    made = extract_parameters(stored)
+    return (made.time_cost, made.memory_cost, made.parallelism, made.hash_len, made.type) == (
+        hasher.time_cost,
+        hasher.memory_cost,
+        hasher.parallelism,
+        hasher.hash_len,
+        hasher.type,
+    )
+
+
 class UserStore:
     """Users of one namespace."""
 
@@ -83,8 +101,14 @@ class UserStore:
         self._client = client
         self._keys = keys
         self._hasher = hasher or PasswordHasher()
-        # Verified when the user is unknown, so that case costs what a real check costs.
-        self._dummy_hash = self._hasher.hash("not a real password, only for timing")
+        # Verified when the user is unknown, so that case costs what a real check costs. A
+        # hash made at start set the panel's peak memory (argon2's 64 MiB) before any
+        # request; one made with the same parameters costs the same to verify.
+        self._dummy_hash = (
+            _DUMMY_HASH
+            if _same_parameters(self._hasher, _DUMMY_HASH)
+            else self._hasher.hash("not a real password, only for timing")
+        )
 
     async def add(self, name: str, role: Role, password: str) -> None:
         """Create a user; UserError if the name is taken or invalid, or the password weak."""
