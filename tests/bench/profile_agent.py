@@ -1,10 +1,10 @@
 """Where a real `provision agent` spends its time on a stream of no-op jobs (py-spy).
 
-    .venv/bin/python -m tests.bench.profile_agent [--jobs 1000] [--top 40] [--panel]
+    .venv/bin/python -m tests.bench.profile_agent [--jobs 1000] [--top 40]
 
-Runs benchmark 1's one-agent case with py-spy sampling the agent (or, with --panel, the
-panel answering POST /api/install) and prints the functions with the most samples, inclusive
-and self, so an optimisation starts from a measurement.
+Runs benchmark 1's one-agent case with py-spy sampling the agent and prints the functions
+with the most samples, inclusive and self, so an optimisation starts from a measurement.
+(The panel is profiled by `python -m tests.bench.panel_load --profile post|form`.)
 """
 
 from __future__ import annotations
