@@ -368,7 +368,8 @@ def main() -> None:
     rounds = []
     for index in range(args.rounds):
         rounds.append(one_round(args.jobs, not args.no_peers))
-        print(f"  round {index + 1}: " + ", ".join(f"{k} {v:.0f}" for k, v in rounds[-1].items()))
+        rates = {k: v for k, v in rounds[-1].items() if not k.startswith(("cpu", "rss", "peak"))}
+        print(f"  round {index + 1}: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()))
     report(rounds, args.jobs)
 
 
