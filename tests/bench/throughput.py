@@ -347,6 +347,9 @@ def _report_cpu(med: dict[str, float]) -> None:
         if not parts:
             continue
         total = sum(parts.values())
+        if name in ("celery", "dramatiq"):
+            peer_words = {"agent": "workers", "installers": "scripts", "submitter": "sender"}
+            parts = {peer_words.get(part, part): ms for part, ms in parts.items()}
         shown = ", ".join(f"{part} {ms:.2f}" for part, ms in parts.items())
         print(
             f"  cpu per job, {name}: {shown} = {total:.2f} ms;"
