@@ -7,6 +7,11 @@ that belong to the same step (ACK of the stream entry, the retry schedule, the j
 entry at submit). The script first checks that the snapshot is still in the state and at the
 event the transition was built on, so of two racing actors exactly one wins; the loser gets
 `TransitionConflict` and nothing changes.
+
+A step is built once (`prepare`: events hashed and MACed) and written by `apply`, so that a
+caller sending it again after a lost answer sends the very same events, and the store
+recognises its own write. `chain` records several triggers that follow one another (an
+agent's verify, validate and start) as one such step.
 """
 
 from __future__ import annotations
