@@ -42,6 +42,16 @@ for _, op in ipairs(ops) do
   end
 end
 
+-- Appended entries first: a run's last log lines go with the event that ends the run, and
+-- readers that merge the two streams by time (the SSE stream) must never see the event with
+-- an earlier time than the output before it (the clock may tick within the script).
+local appended = {}
+for _, op in ipairs(ops) do
+  if op[1] == 'xadd' then
+    table.insert(appended, redis.call('XADD', KEYS[op[2]], '*', unpack(op[3])))
+  end
+end
+
 local job_stream_id, events_stream_id
 for _, event in ipairs(cjson.decode(ARGV[3])) do
   job_stream_id = redis.call('XADD', KEYS[2], '*', unpack(event))
@@ -49,7 +59,6 @@ for _, event in ipairs(cjson.decode(ARGV[3])) do
 end
 redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[4])))
 
-local result = {1, job_stream_id, events_stream_id}
 for _, op in ipairs(ops) do
   local kind, key = op[1], KEYS[op[2]]
   if kind == 'xack' then
@@ -58,10 +67,12 @@ for _, op in ipairs(ops) do
     redis.call('ZADD', key, op[3], op[4])
   elseif kind == 'zrem' then
     redis.call('ZREM', key, op[3])
-  elseif kind == 'xadd' then
-    table.insert(result, redis.call('XADD', key, '*', unpack(op[3])))
   elseif kind == 'hset' then
     redis.call('HSET', key, unpack(op[3]))
   end
+end
+local result = {1, job_stream_id, events_stream_id}
+for _, entry_id in ipairs(appended) do
+  table.insert(result, entry_id)
 end
 return result

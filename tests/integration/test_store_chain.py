@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from core.errors import IllegalTransition, TransitionConflict
 from statemachine.replay import replay_job, snapshot_drift
-from statemachine.store import EventStore, IndexJob, SetJobFields, Step
+from statemachine.store import AppendEntry, EventStore, IndexJob, SetJobFields, Step
 from tests.keyring_fixtures import ring_of
 
 pytestmark = pytest.mark.redis
@@ -139,3 +139,21 @@ async def test_an_illegal_step_anywhere_in_a_chain_writes_nothing(store, redis_c
 async def test_an_empty_chain_is_refused(store):
     with pytest.raises(ValueError, match="at least one step"):
         await store.chain("job1", [], actor="agent:a", expect_state="queued")
+
+
+async def test_entries_appended_by_a_step_are_written_before_its_events(store, redis_client):
+    """A run's last log lines go with the event that ends the run, and readers merging the
+    two streams by time must never see that event earlier than the output before it. Shown
+    on one stream, where the order is visible: the appended entry comes first."""
+    snapshot = await _queued(store, "job1")
+    events_key = store.keys.job_events("job1")
+    await store.transition(
+        "job1",
+        "verify",
+        actor="agent:a",
+        effects=[AppendEntry(events_key, {"marker": "appended"})],
+        known=snapshot,
+    )
+    entries = await redis_client.xrange(events_key)
+    kinds = [fields.get(b"marker", fields.get(b"trigger")) for _id, fields in entries]
+    assert kinds == [b"submit", b"appended", b"verify"]
