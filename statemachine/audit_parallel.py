@@ -45,7 +45,7 @@ _ROWS_PER_MESSAGE: Final = 500
 _POLL_S: Final = 5.0
 # Spans of the stream per worker, handed out one at a time: a worker whose spans go quicker
 # (fewer events in them, or more CPU for it) takes more, so the workers end together.
-SPANS_PER_WORKER: Final = 8
+SPANS_PER_WORKER: Final = 16
 
 # (id, fields) of entries set aside, by job id.
 SetAside = dict[str, list[tuple[str, list[bytes]]]]
