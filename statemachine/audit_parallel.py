@@ -163,25 +163,23 @@ def _span_worker(
             if reply[0] == "stop":
                 return None
             _, taken, seen, read_until_ms = reply
-            summary = AuditSummary()
             for number, audit_pass in sorted(passes.items()):
                 await audit_pass.settle(taken.get(number, ()), read_until_ms=read_until_ms)
-            if passes:
-                last = passes[max(passes)]
-                await last.check_index(seen, share=share)
-            for audit_pass in passes.values():
-                summary.merge(audit_pass.summary)
-            if not passes:
-                # A worker that got no span still checks its share of the index.
-                idle = await HistoryAudit.open(
+            # Its share of the index, through one of its passes (or a fresh one if it got
+            # no span): the jobs no span met.
+            index_pass = passes[max(passes)] if passes else None
+            if index_pass is None:
+                index_pass = await HistoryAudit.open(
                     store,
                     KeyRing(keys),
                     check_streams=check_streams,
                     on_job=rows.collect,
                     report_archives=False,
                 )
-                await idle.check_index(seen, share=share)
-                summary.merge(idle.summary)
+            await index_pass.check_index(seen, share=share)
+            summary = AuditSummary()
+            for audit_pass in {*passes.values(), index_pass}:
+                summary.merge(audit_pass.summary)
             return summary
         finally:
             await client.aclose()

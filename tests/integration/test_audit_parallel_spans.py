@@ -121,6 +121,26 @@ async def test_jobs_cut_by_every_span_boundary_verify_as_in_one_pass(
 
 
 @pytest.mark.timeout(180)
+async def test_a_worker_left_without_a_span_still_checks_its_share_of_the_index(
+    store, ring, redis_url, namespace, redis_client
+):
+    await interleaved_history(store)
+    # Jobs of the index the stream never mentioned: whichever worker's share each is in must
+    # name it, even the one that got no span to read.
+    orphans = [f"01JORPHAN{number:017d}" for number in range(8)]
+    for number, job_id in enumerate(orphans):
+        await redis_client.zadd(store.keys.jobs_index, {job_id: 9_000 + number})
+    one_pass = _found(await audit_all(store, ring, check_streams=True))
+    one_span = await asyncio.to_thread(
+        audit_by_spans, redis_url, namespace, ring, [("-", "+")], workers=2, check_streams=True
+    )
+    assert one_span is not None and _found(one_span) == one_pass
+    failing = dict(one_pass["failing"])
+    for job_id in orphans:
+        assert failing[job_id] == ["in the job index, but has neither a record nor events"]
+
+
+@pytest.mark.timeout(180)
 async def test_an_event_after_its_job_ended_is_named_by_the_span_that_met_the_job_first(
     store, ring, redis_url, namespace, redis_client
 ):
