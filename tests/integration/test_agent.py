@@ -949,3 +949,35 @@ async def test_a_stop_during_the_read_takes_nothing_more(
     assert (await store.snapshot(job.job_id) or {}).get("state") == "queued"
     pending = await store.client.xpending(store.keys.jobs_stream("local"), AGENTS_GROUP)
     assert int(pending["pending"]) == 1  # ours, resumed by our next life or reclaimed
+
+
+async def test_a_snapshot_read_with_an_entry_is_used_only_for_the_job_the_entry_names(
+    installers, effects, ring, store, settings, redis_client, redis_keys
+):
+    """The read script picks a snapshot by the job id it finds in the unverified entry; the
+    agent reads the id itself and ignores a snapshot of any other job (an entry with two
+    `envelope` fields, say, where the script and the agent would pick different ones)."""
+    write_app(installers, "hello", recording(effects))
+    job = await submit(store, ring, installers, "hello")
+    other = await submit(store, ring, installers, "hello")
+    # Ended: taken for the entry's own job, it would make the agent drop the entry unrun.
+    await store.transition(other.job_id, "cancel", actor="panel:bob")
+    other_before = await store.snapshot(other.job_id)
+    assert other_before is not None
+    entries = await redis_client.xrange(redis_keys.jobs_stream("local"))
+    entry_id, fields = next(
+        (entry_id.decode(), fields)
+        for entry_id, fields in entries
+        if job.job_id.encode() in fields[b"envelope"]
+    )
+    await redis_client.xgroup_create(redis_keys.jobs_stream("local"), AGENTS_GROUP, id="0")
+    await redis_client.xreadgroup(
+        AGENTS_GROUP, "agent-test", {redis_keys.jobs_stream("local"): ">"}
+    )
+    processor = JobProcessor(redis_client, store, lambda: ring, settings)
+    await processor.process(entry_id, fields, deliveries=1, snapshot=other_before)
+    done = await store.snapshot(job.job_id)
+    assert done is not None and done["state"] == "succeeded"
+    assert await triggers(store, job.job_id) == ["submit", "verify", "validate", "start", "succeed"]
+    assert await store.snapshot(other.job_id) == other_before  # untouched
+    assert await triggers(store, other.job_id) == ["submit", "cancel"]
