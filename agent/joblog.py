@@ -146,12 +146,7 @@ class JobLogWriter:
         """Write what is queued and, if the middle was dropped, the count of what was."""
         if self._closed:
             return
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()  # not fired yet; what it would flush is flushed below
-            self._timer = None
-        if self._background:
-            await asyncio.wait(self._background)
+        await self._stop_taking_lines()
         # Write what is left even after a timed flush failed; that failure is raised below.
         failure, self._failure = self._failure, None
         await self._flush()
@@ -183,12 +178,7 @@ class JobLogWriter:
         if self._closed or not self._in_head:
             await self.close()
             return []
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._background:
-            await asyncio.wait(self._background)
+        await self._stop_taking_lines()
         failure, self._failure = self._failure, None
         if failure is not None:
             # What that flush carried is lost (the log is best effort); what came after
@@ -201,6 +191,16 @@ class JobLogWriter:
             {"stream": item.stream, "line": item.data.decode(), "attempt": self._attempt.decode()}
             for item in batch
         ]
+
+    async def _stop_taking_lines(self) -> None:
+        """Closed from now on: drop the flush timer (what it would flush is flushed by the
+        closer) and let a flush already running end, so the order of entries holds."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._background:
+            await asyncio.wait(self._background)
 
     def _accept(self, stream: str, data: bytes) -> None:
         """Queue one line as head or tail, opening the tail with the notice when needed."""

@@ -647,7 +647,7 @@ class JobProcessor:
             # The step not recorded (lost to another actor, a Redis error, a stop): the lines
             # are written on their own, so the run's output is not lost with it.
             if applied is None and log_tail:
-                await asyncio.shield(self._write_log_lines(job_id, log_tail))
+                await self._write_log_lines(job_id, log_tail)  # its write is shielded
         if applied is not None:  # counted once, by the actor whose step was recorded
             self._metrics.decided(applied.get("app_id", ""), decision)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import queue
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any, Final, cast
 
@@ -80,6 +80,24 @@ def _client(url: str) -> aioredis.Redis:
     return aioredis.from_url(url, socket_timeout=60, socket_connect_timeout=5)
 
 
+def _run_and_report(
+    run: Callable[[], Coroutine[Any, Any, AuditSummary | None]],
+    rows: _Rows,
+    results: multiprocessing.Queue[Message],
+    share: tuple[int, int],
+) -> None:
+    """Run a worker's pass and tell the parent how it ended (None: told to stop, silent)."""
+    try:
+        summary = asyncio.run(run())
+    except Exception as error:  # reported to the parent, which raises
+        results.put(("error", share[0], f"{type(error).__name__}: {error}"))
+        return
+    if summary is None:
+        return
+    rows.send()
+    results.put(("done", share[0], summary.jobs, summary.events, summary.archived))
+
+
 def _share_worker(
     url: str,
     namespace: str,
@@ -107,13 +125,7 @@ def _share_worker(
         finally:
             await client.aclose()
 
-    try:
-        summary = asyncio.run(run())
-    except Exception as error:  # reported to the parent, which raises
-        results.put(("error", share[0], f"{type(error).__name__}: {error}"))
-        return
-    rows.send()
-    results.put(("done", share[0], summary.jobs, summary.events, summary.archived))
+    _run_and_report(run, rows, results, share)
 
 
 def _span_worker(
@@ -184,15 +196,7 @@ def _span_worker(
         finally:
             await client.aclose()
 
-    try:
-        summary = asyncio.run(run())
-    except Exception as error:  # reported to the parent, which raises
-        results.put(("error", share[0], f"{type(error).__name__}: {error}"))
-        return
-    if summary is None:
-        return
-    rows.send()
-    results.put(("done", share[0], summary.jobs, summary.events, summary.archived))
+    _run_and_report(run, rows, results, share)
 
 
 def stream_spans(url: str, namespace: str, count: int) -> list[tuple[str, str]]:

@@ -270,8 +270,6 @@ class EventStore:
         share one `at`), and the single check of state, last hash and `expect_fields` guards
         the whole chain. Returns what the last step wrote; raises as `transition`.
         """
-        if not steps:
-            raise ValueError("a chain needs at least one step")
         prepared = await self.prepare(
             job_id,
             steps,

@@ -18,7 +18,7 @@ from core.keyring import KeyRing, append_new_key, load_keyring
 from core.keys import RedisKeys
 from core.validation import validate_inputs
 from panel.producer import SubmittedJob, submit_job
-from statemachine.store import EventStore
+from statemachine.store import EventStore, IndexJob
 
 
 def write_app(
@@ -79,6 +79,18 @@ async def submit(
         ttl_s=ttl_s,
         now_s=now_s,
     )
+
+
+async def create_queued_job(store: EventStore, job_id: str) -> dict[str, str]:
+    """A job written straight into the store as the panel's submit leaves it (no stream
+    entry, no app on disk): for tests of the store's own steps. Returns its snapshot."""
+    applied = await store.create_job(
+        job_id,
+        actor="panel:alice",
+        detail={"app_id": "hello-web", "target": "local", "requested_by": "alice"},
+        effects=[IndexJob(store.keys.jobs_index, 1000, job_id)],
+    )
+    return applied.snapshot
 
 
 async def wait_until(

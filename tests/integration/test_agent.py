@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import shlex
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -48,16 +49,26 @@ def effects(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path, redis_url, namespace, installers) -> AgentSettings:
-    env = agent_environ(
-        redis_url=redis_url,
-        namespace=namespace,
-        keys_file=tmp_path / "hmac.keys",
-        installers=installers,
-        agent_id="agent-test",
-        PROV_LEASE_S="2",
-    )
-    return AgentSettings.from_env(env)
+def settings_for(tmp_path, redis_url, namespace, installers) -> Callable[..., AgentSettings]:
+    """Settings of an agent on this test's Redis and installers: `settings_for(id, PROV_X=...)`."""
+
+    def make(agent_id: str, **extra: str) -> AgentSettings:
+        env = agent_environ(
+            redis_url=redis_url,
+            namespace=namespace,
+            keys_file=tmp_path / "hmac.keys",
+            installers=installers,
+            agent_id=agent_id,
+            **extra,
+        )
+        return AgentSettings.from_env(env)
+
+    return make
+
+
+@pytest.fixture
+def settings(settings_for) -> AgentSettings:
+    return settings_for("agent-test", PROV_LEASE_S="2")
 
 
 class RunningAgent:
@@ -293,23 +304,16 @@ async def test_a_retry_survives_an_agent_restart(
 
 
 async def test_jobs_of_one_app_never_overlap_even_with_spare_concurrency(
-    installers, effects, ring, store, tmp_path, redis_url, namespace, start_agent
+    installers, effects, ring, store, tmp_path, start_agent, settings_for
 ):
-    env = agent_environ(
-        redis_url=redis_url,
-        namespace=namespace,
-        keys_file=tmp_path / "hmac.keys",
-        installers=installers,
-        agent_id="agent-wide",
-        PROV_AGENT_CONCURRENCY="3",
-    )
+    agent_settings = settings_for("agent-wide", PROV_AGENT_CONCURRENCY="3")
     lock_dir = tmp_path / "busy"
     script = (
         f"mkdir {lock_dir} || {{ echo overlap >> {effects}; exit 9; }}\n"
         f"sleep 0.3; rmdir {lock_dir}\n" + recording(effects)
     )
     write_app(installers, "serial", script)
-    await start_agent(AgentSettings.from_env(env))
+    await start_agent(agent_settings)
     jobs = [await submit(store, ring, installers, "serial") for _ in range(3)]
     for job in jobs:
         snapshot = await wait_for_state(store, job.job_id, TERMINAL)
@@ -504,16 +508,7 @@ async def test_garbage_entries_are_dead_lettered_and_the_queue_keeps_flowing(
 
 
 async def test_an_entry_delivered_too_often_ends_the_job_as_poison(
-    installers,
-    effects,
-    ring,
-    store,
-    tmp_path,
-    redis_url,
-    namespace,
-    start_agent,
-    redis_client,
-    redis_keys,
+    installers, effects, ring, store, tmp_path, start_agent, settings_for, redis_client, redis_keys
 ):
     write_app(installers, "poisoned", recording(effects))
     job = await submit(store, ring, installers, "poisoned")
@@ -522,16 +517,8 @@ async def test_an_entry_delivered_too_often_ends_the_job_as_poison(
     [[_, [(entry_id, _)]]] = await redis_client.xreadgroup(AGENTS_GROUP, "ghost", {stream: ">"})
     for _ in range(5):  # each claim by a dying consumer counts a delivery
         await redis_client.xclaim(stream, AGENTS_GROUP, "ghost", 0, [entry_id])
-    env = agent_environ(
-        redis_url=redis_url,
-        namespace=namespace,
-        keys_file=tmp_path / "hmac.keys",
-        installers=installers,
-        agent_id="agent-p",
-        PROV_LEASE_S="1",
-        PROV_MAX_DELIVERIES="5",
-    )
-    await start_agent(AgentSettings.from_env(env))
+    agent_settings = settings_for("agent-p", PROV_LEASE_S="1", PROV_MAX_DELIVERIES="5")
+    await start_agent(agent_settings)
     snapshot = await wait_for_state(store, job.job_id, TERMINAL)
     assert (snapshot["state"], snapshot["reason"]) == ("failed", "poison")
     assert not effects.exists()
@@ -753,14 +740,11 @@ async def test_a_cancel_landing_just_before_the_atomic_start_cancels_the_job_unr
     installers, effects, ring, store, settings, start_agent, monkeypatch
 ):
     """The race the one-step start must lose: its single check sees the cancel request."""
-    real_apply = EventStore.apply
 
-    async def cancel_first(self, prepared):  # type: ignore[no-untyped-def]
-        if prepared.applied.event.trigger == "start":
-            await self.request_cancel(prepared.job_id)  # the panel's cancel, just before
-        return await real_apply(self, prepared)
+    async def cancel(store: EventStore, job_id: str) -> None:
+        await store.request_cancel(job_id)  # the panel's cancel, just before
 
-    monkeypatch.setattr(EventStore, "apply", cancel_first)
+    run_before_step(monkeypatch, "start", cancel)
     write_app(installers, "never", recording(effects))
     await start_agent(settings)
     job = await submit(store, ring, installers, "never")
@@ -771,6 +755,23 @@ async def test_a_cancel_landing_just_before_the_atomic_start_cancels_the_job_unr
     await wait_until(
         lambda: _nothing_pending(store), message="the entry acknowledged with the cancel"
     )
+
+
+def run_before_step(
+    monkeypatch: pytest.MonkeyPatch,
+    trigger: str,
+    action: Callable[[EventStore, str], Awaitable[None]],
+) -> None:
+    """Make `action(store, job_id)` happen right before a step ending in `trigger` is sent:
+    another actor's move landing between the agent's read and its atomic step."""
+    real_apply = EventStore.apply
+
+    async def apply_after_action(self, prepared):  # type: ignore[no-untyped-def]
+        if prepared.applied.event.trigger == trigger:
+            await action(self, prepared.job_id)
+        return await real_apply(self, prepared)
+
+    monkeypatch.setattr(EventStore, "apply", apply_after_action)
 
 
 async def _nothing_pending(store: EventStore) -> bool:
@@ -804,7 +805,7 @@ async def test_the_last_log_lines_are_written_with_the_outcome_byte_for_byte(
 
 @pytest.mark.parametrize("concurrency", [1, 2])
 async def test_no_more_installers_run_at_once_than_the_concurrency(
-    installers, tmp_path, ring, store, redis_url, namespace, start_agent, concurrency
+    installers, tmp_path, ring, store, start_agent, settings_for, concurrency
 ):
     """A slot is free again when an installer exits, before its outcome is written: the
     next job may start meanwhile, but never one installer more than the concurrency."""
@@ -817,16 +818,9 @@ async def test_no_more_installers_run_at_once_than_the_concurrency(
     apps = [f"app{number}" for number in range(6)]
     for app in apps:
         write_app(installers, app, script)
-    env = agent_environ(
-        redis_url=redis_url,
-        namespace=namespace,
-        keys_file=tmp_path / "hmac.keys",
-        installers=installers,
-        agent_id="agent-slots",
-        PROV_AGENT_CONCURRENCY=str(concurrency),
-    )
+    agent_settings = settings_for("agent-slots", PROV_AGENT_CONCURRENCY=str(concurrency))
     jobs = [await submit(store, ring, installers, app) for app in apps]
-    await start_agent(AgentSettings.from_env(env))
+    await start_agent(agent_settings)
     for job in jobs:
         assert (await wait_for_state(store, job.job_id, TERMINAL))["state"] == "succeeded"
     seen = [int(line) for line in counts.read_text().split()]
@@ -877,14 +871,10 @@ async def test_a_step_whose_answer_is_lost_is_recognised_as_written_once(
 async def test_a_job_ended_by_another_actor_before_the_atomic_start_is_acknowledged_unrun(
     installers, effects, ring, store, settings, start_agent, monkeypatch
 ):
-    real_apply = EventStore.apply
+    async def end_it(store: EventStore, job_id: str) -> None:
+        await store.transition(job_id, "cancel", actor="panel:bob")
 
-    async def end_it_first(self, prepared):  # type: ignore[no-untyped-def]
-        if prepared.applied.event.trigger == "start":
-            await self.transition(prepared.job_id, "cancel", actor="panel:bob")
-        return await real_apply(self, prepared)
-
-    monkeypatch.setattr(EventStore, "apply", end_it_first)
+    run_before_step(monkeypatch, "start", end_it)
     write_app(installers, "never", recording(effects))
     await start_agent(settings)
     job = await submit(store, ring, installers, "never")
@@ -896,7 +886,7 @@ async def test_a_job_ended_by_another_actor_before_the_atomic_start_is_acknowled
 
 
 async def test_a_slot_is_free_again_before_the_outcome_is_written(
-    installers, tmp_path, ring, store, redis_url, namespace, start_agent, monkeypatch
+    installers, tmp_path, ring, store, start_agent, settings_for, monkeypatch
 ):
     """Concurrency 1: the first outcome's write waits until the second installer runs,
     which it can only do if the first job gave its slot back when its installer exited."""
@@ -913,17 +903,10 @@ async def test_a_slot_is_free_again_before_the_outcome_is_written(
     monkeypatch.setattr(JobProcessor, "_finish", finish_after_the_next_start)
     write_app(installers, "first", "exit 0")
     write_app(installers, "second", f"touch {second_ran}")
-    env = agent_environ(
-        redis_url=redis_url,
-        namespace=namespace,
-        keys_file=tmp_path / "hmac.keys",
-        installers=installers,
-        agent_id="agent-one-slot",
-        PROV_AGENT_CONCURRENCY="1",
-    )
+    agent_settings = settings_for("agent-one-slot", PROV_AGENT_CONCURRENCY="1")
     first = await submit(store, ring, installers, "first")
     second = await submit(store, ring, installers, "second")
-    await start_agent(AgentSettings.from_env(env))
+    await start_agent(agent_settings)
     for job in (first, second):
         assert (await wait_for_state(store, job.job_id, TERMINAL))["state"] == "succeeded"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,8 @@ import pytest
 from core.keys import AGENTS_GROUP
 from statemachine.store import EventStore
 from tests.agent_support import (
+    AgentProcess,
     agent_environ,
-    provision_argv,
     submit,
     wait_for_state,
     wait_until,
@@ -24,36 +23,6 @@ from tests.agent_support import (
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 TERMINAL = {"succeeded", "failed"}
-
-
-class AgentProcess:
-    """One `provision agent` process with its output in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            provision_argv("agent"),
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def wait(self, timeout_s: float) -> int:
-        return self.process.wait(timeout=timeout_s)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._log.close()
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def runs_of(effects: Path, job_id: str) -> list[str]:

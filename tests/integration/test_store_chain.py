@@ -6,16 +6,14 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import redis.asyncio as aioredis
 
 from core.errors import IllegalTransition, TransitionConflict
 from statemachine.replay import replay_job, snapshot_drift
-from statemachine.store import AppendEntry, EventStore, IndexJob, SetJobFields, Step
-from tests.keyring_fixtures import ring_of
+from statemachine.store import AppendEntry, SetJobFields, Step
+from tests.agent_support import create_queued_job
 
 pytestmark = pytest.mark.redis
 
-RING = ring_of("k1")
 TAKE = [
     Step("verify", {"entry_id": "1-0", "kid": "k1"}, effects=[SetJobFields({"entry_id": "1-0"})]),
     Step("validate"),
@@ -23,25 +21,10 @@ TAKE = [
 ]
 
 
-@pytest.fixture
-def store(redis_client: aioredis.Redis, redis_keys) -> EventStore:
-    return EventStore(redis_client, redis_keys, RING)
-
-
-async def _queued(store: EventStore, job_id: str) -> dict[str, str]:
-    applied = await store.create_job(
-        job_id,
-        actor="panel:alice",
-        detail={"app_id": "hello-web", "target": "local", "requested_by": "alice"},
-        effects=[IndexJob(store.keys.jobs_index, 1000, job_id)],
-    )
-    return applied.snapshot
-
-
 async def test_a_chain_writes_one_chained_event_per_step_and_replays_to_its_snapshot(
-    store, redis_client
+    store, ring, redis_client
 ):
-    snapshot = await _queued(store, "job1")
+    snapshot = await create_queued_job(store, "job1")
     global_before = await redis_client.xlen(store.keys.events)
     applied = await store.chain(
         "job1", TAKE, actor="agent:a", expect_state="queued", known=snapshot
@@ -62,15 +45,15 @@ async def test_a_chain_writes_one_chained_event_per_step_and_replays_to_its_snap
     assert stored is not None
     assert (stored["state"], stored["entry_id"], stored["attempt"]) == ("running", "1-0", "1")
     assert stored["event_count"] == "4" and stored["last_hash"] == events[-1].hash
-    replayed = await replay_job(store, RING, "job1")
+    replayed = await replay_job(store, ring, "job1")
     assert replayed.intact, replayed.problems
     assert snapshot_drift(replayed, stored) == []
 
 
 async def test_a_chain_leaves_what_the_same_steps_one_at_a_time_leave(store):
-    queued = await _queued(store, "job1")
+    queued = await create_queued_job(store, "job1")
     await store.chain("job1", TAKE, actor="agent:a", expect_state="queued", known=queued)
-    snapshot = await _queued(store, "job2")
+    snapshot = await create_queued_job(store, "job2")
     for step in TAKE:
         applied = await store.transition(
             "job2",
@@ -99,7 +82,7 @@ async def test_a_chain_leaves_what_the_same_steps_one_at_a_time_leave(store):
     ["cancel requested", "another agent verified it", "another step recorded"],
 )
 async def test_a_chain_that_lost_a_race_writes_nothing(store, redis_client, interference):
-    snapshot = await _queued(store, "job1")
+    snapshot = await create_queued_job(store, "job1")
     if interference == "cancel requested":
         await store.request_cancel("job1")
     elif interference == "another agent verified it":
@@ -122,7 +105,7 @@ async def test_a_chain_that_lost_a_race_writes_nothing(store, redis_client, inte
 
 
 async def test_an_illegal_step_anywhere_in_a_chain_writes_nothing(store, redis_client):
-    snapshot = await _queued(store, "job1")
+    snapshot = await create_queued_job(store, "job1")
     events_before = await redis_client.xlen(store.keys.events)
     with pytest.raises(IllegalTransition):
         await store.chain(
@@ -145,7 +128,7 @@ async def test_entries_appended_by_a_step_are_written_before_its_events(store, r
     """A run's last log lines go with the event that ends the run, and readers merging the
     two streams by time must never see that event earlier than the output before it. Shown
     on one stream, where the order is visible: the appended entry comes first."""
-    snapshot = await _queued(store, "job1")
+    snapshot = await create_queued_job(store, "job1")
     events_key = store.keys.job_events("job1")
     await store.transition(
         "job1",
