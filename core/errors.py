@@ -174,6 +174,14 @@ class TransitionConflict(TransitionError):
         )
 
 
+class LimitReached(TransitionError):
+    """A step guarded by a limit (`RequireBelow`) found it reached; nothing was written."""
+
+    def __init__(self, job_id: str, limit: str) -> None:
+        self.limit = limit
+        super().__init__(job_id, f"the limit {limit!r} is reached")
+
+
 class TamperError(ProvisionError):
     """Replay found evidence of tampering in a job's event history."""
 

@@ -105,6 +105,10 @@ class RedisKeys:
         """Hash of one browser session, keyed by the SHA-256 of its cookie value."""
         return f"{self.namespace}:session:{session_hash}"
 
+    def unfinished(self, user: str) -> str:
+        """Set of the ids of one user's jobs not yet terminal (the per-user cap counts it)."""
+        return f"{self.namespace}:unfinished:{user}"
+
     def rate(self, kind: str, subject: str, window: int) -> str:
         """Counter of one rate limit window (e.g. failed logins of one account)."""
         return f"{self.namespace}:rate:{kind}:{subject}:{window}"

@@ -24,10 +24,16 @@ FsyncPolicy = Literal["everysec", "always"]
 _NAMESPACE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
 
 
-def default_installers_dir() -> Path:
-    """The repo's `installers/` next to the packages, else `./installers`."""
-    beside_packages = Path(__file__).resolve().parent.parent / "installers"
-    return beside_packages if beside_packages.is_dir() else Path("installers").resolve()
+# The catalogue that ships with the program: `installers/` beside the packages, which is the
+# repo's own folder in a clone and the copy the wheel carries in an installed package.
+BUNDLED_INSTALLERS_DIR = Path(__file__).resolve().parent.parent / "installers"
+
+
+def default_installers_dir(cwd: Path | None = None) -> Path:
+    """The apps used when PROV_INSTALLERS_DIR is unset: `./installers` if it exists, else the
+    bundled catalogue, so an install runs anywhere and a folder of one's own wins."""
+    here = (cwd or Path.cwd()) / "installers"
+    return here.resolve() if here.is_dir() else BUNDLED_INSTALLERS_DIR
 
 
 class _Env:
@@ -204,6 +210,7 @@ class PanelSettings:
     login_failures_per_address: int
     login_window_s: int
     submissions_per_minute: int
+    max_unfinished_per_user: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PanelSettings:
@@ -226,8 +233,12 @@ class PanelSettings:
                 "PROV_LOGIN_FAILURES_PER_ADDRESS", 20, minimum=1, maximum=10000
             ),
             login_window_s=env.integer("PROV_LOGIN_WINDOW_S", 900, minimum=10, maximum=86400),
+            # Accepted jobs only; high enough for a CI script queueing a fleet's jobs.
             submissions_per_minute=env.integer(
-                "PROV_SUBMISSIONS_PER_MINUTE", 30, minimum=1, maximum=100000
+                "PROV_SUBMISSIONS_PER_MINUTE", 600, minimum=1, maximum=1_000_000
+            ),
+            max_unfinished_per_user=env.integer(
+                "PROV_MAX_UNFINISHED_PER_USER", 1000, minimum=1, maximum=1_000_000
             ),
         )
 

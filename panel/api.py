@@ -14,12 +14,11 @@ from core.stream_ids import is_stream_id
 from core.strict_json import StrictJSONError, strict_loads
 from core.validation import MAX_VALUE_BYTES
 from panel import appkeys
-from panel.access import Role, User, current_user
+from panel.access import Role, current_user
 from panel.errors import API_HEADERS, json_error
-from panel.identity import CHARGE_VERDICT
 from panel.jobs import CannotCancel, JobFilters, is_job_id
 from panel.openapi import openapi_document
-from panel.ratelimit import Charge, Limit, Verdict
+from panel.submission_limits import SubmissionRefused
 from statemachine.machine import STATES
 
 routes = web.RouteTableDef()
@@ -143,23 +142,11 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _submission_limit(request: web.Request) -> Limit:
-    return Limit(request.app[appkeys.SETTINGS].submissions_per_minute, 60)
-
-
-async def submission_verdict(request: web.Request, user: User) -> Verdict:
-    """Count one submission of `user`; not allowed past the per-minute limit."""
-    return await request.app[appkeys.LIMITER].hit(
-        "submit", user.name, _submission_limit(request), now_s=int(request.app[appkeys.CLOCK]())
-    )
-
-
-def too_many_submissions(verdict: Verdict) -> str:
-    """The message of a refused submission."""
-    return (
-        "too many submissions: the limit per user and minute is reached; "
-        f"try again in {verdict.retry_after_s} s"
-    )
+def too_many(refused: SubmissionRefused) -> web.Response:
+    """The API's answer to a submission over a limit: 429, the limit named, Retry-After."""
+    response = json_error(429, refused.message, code="rate_limited")
+    response.headers["Retry-After"] = str(refused.retry_after_s)
+    return response
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,66 +177,22 @@ def parse_install_body(raw: bytes) -> InstallRequest:
     return InstallRequest(app_id=app_id, inputs=inputs, target=target)
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedInstall:
-    """An install request read before its token was checked, and the app it names."""
-
-    body: InstallRequest
-    app: AppEntry
-
-
-PREPARED_INSTALL = web.RequestKey("prepared_install", PreparedInstall)
-
-
-async def prepare_install(request: web.Request) -> Charge | None:
-    """The submission to count for this request, if it would reach the rate limit.
-
-    Runs before the (already known) token is checked again, so that one round trip checks
-    it and counts the submission (`panel.identity`). Counted exactly when the handler would
-    count it: a well-formed body naming a valid app, from a user who may submit. A body of
-    unknown or excessive length is left to the handler (and its 413).
-    """
-    length = request.content_length
-    if length is None or length > request.client_max_size:
-        return None
-    try:
-        body = parse_install_body(await request.read())
-    except _Malformed:
-        return None
-    app = request.app[appkeys.CATALOGUE].current().get(body.app_id)
-    if app is None or not app.valid:
-        return None
-    request[PREPARED_INSTALL] = PreparedInstall(body, app)
-    limiter = request.app[appkeys.LIMITER]
-    now_s = int(request.app[appkeys.CLOCK]())
-    return limiter.charge("submit", _submission_limit(request), now_s=now_s)
-
-
 @routes.post("/api/install")
 async def install(request: web.Request) -> web.Response:
     """Validate, sign and queue a job: 201 with its id."""
     user = current_user(request)
     if not user.may(Role.OPERATOR):
         return json_error(403, "your role may not submit jobs")
-    prepared = request.get(PREPARED_INSTALL)
-    if prepared is None:
-        try:
-            body = parse_install_body(await request.read())
-        except _Malformed as error:
-            return json_error(400, str(error))
-        app = request.app[appkeys.CATALOGUE].current().get(body.app_id)
-    else:
-        body, app = prepared.body, prepared.app  # the app the charge was made for
+    try:
+        body = parse_install_body(await request.read())
+    except _Malformed as error:
+        return json_error(400, str(error))
+    app = request.app[appkeys.CATALOGUE].current().get(body.app_id)
     metrics = request.app[appkeys.METRICS]
     if app is None:
         return json_error(404, "no such app")
     if not app.valid:
         return json_error(409, "this app's manifest is invalid: " + "; ".join(app.problems))
-    verdict = request.get(CHARGE_VERDICT) or await submission_verdict(request, user)
-    if not verdict.allowed:
-        response = json_error(429, too_many_submissions(verdict), code="rate_limited")
-        response.headers["Retry-After"] = str(verdict.retry_after_s)
-        return response
     settings = request.app[appkeys.SETTINGS]
     try:
         job = await request.app[appkeys.JOBS].submit(
@@ -258,6 +201,9 @@ async def install(request: web.Request) -> web.Response:
     except FormError as error:
         metrics.submissions.labels(app_id=app.app_id, outcome="invalid").inc()
         return json_error(422, "some inputs are invalid", errors=error.errors)
+    except SubmissionRefused as refused:
+        metrics.submissions.labels(app_id=app.app_id, outcome="refused").inc()
+        return too_many(refused)
     metrics.submissions.labels(app_id=app.app_id, outcome="accepted").inc()
     return _json({"job_id": job.job_id, "state": "queued"}, status=201)
 

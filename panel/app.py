@@ -26,7 +26,7 @@ from core.keyring import KeyRing
 from core.keyring_file import KeyRingFile
 from core.keys import RedisKeys
 from core.redis_conn import check_durability
-from core.settings import PanelSettings
+from core.settings import PanelSettings, redis_url_or_local
 from core.validation import MAX_REQUEST_BYTES
 from panel import api, appkeys, health, login, pages
 from panel.access import make_access_middleware
@@ -34,7 +34,7 @@ from panel.catalogue_cache import CatalogueCache
 from panel.credentials import CredentialLookup
 from panel.errors import Handler, error_middleware
 from panel.headers import add_security_headers
-from panel.identity import make_authenticate, refuse
+from panel.identity import authenticate, refuse
 from panel.jobs import JobService
 from panel.metrics import PanelMetrics
 from panel.page_cache import PageCache
@@ -42,6 +42,7 @@ from panel.ratelimit import RateLimiter
 from panel.sessions import SessionStore
 from panel.sse import stream_job
 from panel.static_urls import install_static_urls
+from panel.submission_limits import SubmissionLimits
 from panel.tokens import TokenStore
 from panel.users import UserStore
 from statemachine.store import EventStore
@@ -60,13 +61,6 @@ def keys_file_of(settings: PanelSettings) -> Path:
     """PROV_HMAC_KEYS_FILE, else the data folder's `hmac.keys`."""
     common = settings.common
     return common.hmac_keys_file or common.data_dir / "hmac.keys"
-
-
-def redis_url_of(settings: PanelSettings) -> str:
-    """PROV_REDIS_URL, else the socket `provision up` leaves in the data folder."""
-    if settings.common.redis_url:
-        return settings.common.redis_url
-    return f"unix://{(settings.common.data_dir / 'redis.sock').resolve()}"
 
 
 @web.middleware
@@ -103,9 +97,7 @@ def create_app(
         middlewares=[
             metrics_middleware,
             error_middleware,
-            make_access_middleware(
-                make_authenticate({("POST", "/api/install"): api.prepare_install}), refuse
-            ),
+            make_access_middleware(authenticate, refuse),
         ],
         client_max_size=MAX_REQUEST_BYTES,
     )
@@ -128,7 +120,7 @@ def create_app(
         app[appkeys.RING] = lambda: fixed_ring
     else:
         app[appkeys.RING] = ring
-    app.cleanup_ctx.append(_redis_context(redis_url or redis_url_of(settings)))
+    app.cleanup_ctx.append(_redis_context(redis_url or redis_url_or_local(settings.common)))
     app.on_shutdown.append(_close_streams)
     app.on_response_prepare.append(add_security_headers)
     aiohttp_jinja2.setup(
@@ -168,7 +160,15 @@ def _redis_context(url: str) -> Callable[[web.Application], AsyncIterator[None]]
         app[appkeys.LIMITER] = RateLimiter(client, keys)
         app[appkeys.CREDENTIALS] = CredentialLookup(client, keys)
         app[appkeys.JOBS] = JobService(
-            client, store, app[appkeys.RING], ttl_s=settings.common.job_ttl_s
+            client,
+            store,
+            app[appkeys.RING],
+            ttl_s=settings.common.job_ttl_s,
+            limits=SubmissionLimits(
+                per_minute=settings.submissions_per_minute,
+                max_unfinished=settings.max_unfinished_per_user,
+            ),
+            clock=app[appkeys.CLOCK],
         )
         try:
             await check_durability(client, log)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from core.errors import KeyRingError, SettingsError
 from core.logging_setup import configure_logging, log_colors_from, log_format_from
-from core.settings import PanelSettings
+from core.settings import PanelSettings, redis_url_or_local
 
 log = structlog.get_logger("panel")
 
@@ -62,8 +62,10 @@ def panel_command(host: str | None, port: int | None, log_level: str) -> None:
             advice="serve it behind a TLS reverse proxy and set PROV_COOKIE_SECURE=true",
         )
     try:
-        app = create_app(settings)
-    except KeyRingError as error:
+        # The one resolver every command uses, so the panel finds the Redis `provision up`
+        # started in the same data folder.
+        app = create_app(settings, redis_url=redis_url_or_local(settings.common))
+    except (KeyRingError, SettingsError) as error:
         raise click.ClickException(str(error)) from None
     log.info("panel.listening", url=f"http://{listen_host}:{listen_port}")
     web.run_app(

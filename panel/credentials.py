@@ -2,13 +2,12 @@
 
 Before, a request cost two: the token's (or session's) hash, then its user's. The script reads
 both, fresh, on every request, so revoking a token, removing a user or changing a role still
-takes effect on the very next request; nothing is cached. It can also count one rate-limited
-event for the user it finds (a `Charge`), only when the credential lets the request through.
+takes effect on the very next request; nothing is cached.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import cast
@@ -17,8 +16,6 @@ import redis.asyncio as aioredis
 
 from core.keys import RedisKeys
 from core.text import as_text
-from panel.access import Role
-from panel.ratelimit import Charge, Verdict
 from panel.users import StoredUser, stored_user
 
 
@@ -28,11 +25,10 @@ def _script_text() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """A credential's stored fields, its user (None: gone), and the charge's verdict."""
+    """A credential's stored fields and its user (None: gone)."""
 
     fields: dict[str, str]
     user: StoredUser | None
-    verdict: Verdict | None
 
 
 class CredentialLookup:
@@ -42,35 +38,16 @@ class CredentialLookup:
         self._script = client.register_script(_script_text())
         self._user_prefix = keys.user("")
 
-    async def lookup(
-        self,
-        key: str,
-        *,
-        now_ms: int,
-        charge: Charge | None = None,
-        counted_roles: Iterable[Role] = (),
-    ) -> Found | None:
-        """The credential stored at `key` and its user, or None when there is no such key.
-
-        With a `charge`, one event is counted for the user if their role is in
-        `counted_roles` and the credential has not expired (`expires_at`, epoch ms).
-        """
-        args: list[str | int] = [self._user_prefix]
-        if charge is None:
-            args += ["", "", 0, now_ms]
-        else:
-            args += [charge.key_prefix, charge.key_suffix, charge.key_lifetime_s, now_ms]
-            args += [role.value for role in counted_roles]
-        answer = cast(Sequence[object], await self._script(keys=[key], args=args))
+    async def lookup(self, key: str) -> Found | None:
+        """The credential stored at `key` and its user, or None when there is no such key."""
+        answer = cast(Sequence[object], await self._script(keys=[key], args=[self._user_prefix]))
         if not answer:
             return None
         flat = cast(list[bytes], answer[0])
         user_raw = cast(list[bytes | None], answer[1])
-        count = int(cast(int, answer[2]))
         fields = {as_text(flat[i]): as_text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
         user = None
         if user_raw:
             role, created_at, changed_at = user_raw
             user = stored_user(fields.get("user", ""), role, created_at, changed_at)
-        verdict = charge.verdict(count) if charge is not None and count > 0 else None
-        return Found(fields=fields, user=user, verdict=verdict)
+        return Found(fields=fields, user=user)

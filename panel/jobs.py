@@ -9,14 +9,16 @@ have created otherwise.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
+from ulid import ULID
 
 from core.catalogue import AppEntry
-from core.errors import FormError, TamperError, TransitionError
+from core.errors import FormError, LimitReached, TamperError, TransitionError
 from core.keyring import KeyRing
 from core.keys import is_valid_target
 from core.reasons import Reason
@@ -24,6 +26,7 @@ from core.signing import JOB_ID_PATTERN
 from core.text import as_text_lenient
 from core.validation import validate_inputs
 from panel.producer import SubmittedJob, submit_job
+from panel.submission_limits import SubmissionLimits, refusal, submission_guards
 from statemachine.archive_record import (
     load_archive_records,
     pointer_archive_id,
@@ -163,12 +166,16 @@ class JobService:
         ring: Callable[[], KeyRing],
         *,
         ttl_s: int,
+        limits: SubmissionLimits | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._store = store
         self._keys = store.keys
         self._ring_source = ring
         self._ttl_s = ttl_s
+        self._limits = limits
+        self._clock = clock
 
     @property
     def store(self) -> EventStore:
@@ -180,7 +187,8 @@ class JobService:
     ) -> SubmittedJob:
         """Validate with the shared core function, then sign, seal and store the job.
 
-        Raises FormError with a message for every bad field (the target included).
+        Raises FormError with a message for every bad field (the target included), and
+        SubmissionRefused when the user reached a submission limit (nothing is stored).
         """
         if app.manifest is None or not app.valid:
             raise ValueError(f"app {app.app_id!r} is invalid")
@@ -195,9 +203,28 @@ class JobService:
         if errors:
             raise FormError(errors)
         ring = self._ring_source()
-        return await submit_job(
-            self._store, ring, app, values, requested_by=user, target=target, ttl_s=self._ttl_s
+        now_s = int(self._clock())
+        job_id = str(ULID())
+        guards = (
+            submission_guards(self._keys, self._limits, user=user, job_id=job_id, now_s=now_s)
+            if self._limits is not None
+            else []
         )
+        try:
+            return await submit_job(
+                self._store,
+                ring,
+                app,
+                values,
+                requested_by=user,
+                target=target,
+                ttl_s=self._ttl_s,
+                job_id=job_id,
+                guards=guards,
+            )
+        except LimitReached as reached:
+            assert self._limits is not None  # only guards raise it
+            raise refusal(reached.limit, self._limits, now_s=now_s) from None
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's API view, or None."""

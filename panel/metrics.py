@@ -26,7 +26,7 @@ class PanelMetrics:
         )
         self.submissions = Counter(
             "provision_submissions",
-            "Jobs submitted, by app and outcome (accepted, invalid).",
+            "Jobs submitted, by app and outcome (accepted, invalid, refused: over a limit).",
             ["app_id", "outcome"],
             registry=self.registry,
         )

@@ -29,7 +29,7 @@ from core.manifest import Manifest
 from core.validation import validate_inputs
 from panel import appkeys
 from panel.access import Role, User, current_user
-from panel.api import app_summary, submission_verdict, too_many_submissions
+from panel.api import app_summary
 from panel.errors import render_error_page
 from panel.form_fields import (
     TARGET_FIELD,
@@ -46,6 +46,7 @@ from panel.job_display import (
 from panel.jobs import CannotCancel, JobFilters, JobVerification, LogLine, is_job_id
 from panel.page_context import render_page
 from panel.producer import SubmittedJob
+from panel.submission_limits import SubmissionRefused
 from statemachine.events import Event
 from statemachine.machine import STATES, TERMINAL_STATES
 
@@ -168,6 +169,7 @@ def _form_context(
     errors: dict[str, str] | None = None,
     target: str | None = None,
     from_job: str | None = None,
+    refusal: str = "",
 ) -> dict[str, Any]:
     settings = request.app[appkeys.SETTINGS]
     manifest = app.manifest
@@ -181,6 +183,7 @@ def _form_context(
         "default_target": settings.target,
         "target_error": (errors or {}).get(TARGET_FIELD),
         "from_job": from_job,
+        "refusal": refusal,
         "has_password": any(view.spec.type == "password" for view in views),
         "may_submit": current_user(request).may(Role.OPERATOR),
     }
@@ -260,13 +263,6 @@ async def install(request: web.Request) -> web.StreamResponse:
         return render_error_page(
             request, 400, "Too many fields", f"A form may send at most {MAX_FORM_FIELDS} fields."
         )
-    verdict = await submission_verdict(request, user)
-    if not verdict.allowed:
-        response = render_error_page(
-            request, 429, "Slow down", too_many_submissions(verdict).capitalize() + "."
-        )
-        response.headers["Retry-After"] = str(verdict.retry_after_s)
-        return response
     parsed = parse_install_form(app.manifest, form)
     target = parsed.target or request.app[appkeys.SETTINGS].target
     errors = dict(parsed.errors)
@@ -281,6 +277,15 @@ async def install(request: web.Request) -> web.StreamResponse:
             request, app, values=dict(parsed.inputs), errors=error.errors, target=target
         )
         return _render(request, "app_form.html", context, status=422)
+    except SubmissionRefused as refused:
+        metrics.submissions.labels(app_id=app.app_id, outcome="refused").inc()
+        # The form again with every answer kept (passwords aside, as after any re-render).
+        context = _form_context(
+            request, app, values=dict(parsed.inputs), target=target, refusal=refused.message
+        )
+        response = _render(request, "app_form.html", context, status=429)
+        response.headers["Retry-After"] = str(refused.retry_after_s)
+        return response
     metrics.submissions.labels(app_id=app.app_id, outcome="accepted").inc()
     raise web.HTTPSeeOther(f"/jobs/{job.job_id}")
 

@@ -8,7 +8,7 @@ entry and the stream entry the agents read. Either all of it exists or none of i
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ulid import ULID
@@ -19,7 +19,7 @@ from core.keys import is_valid_target
 from core.sealing import seal_inputs, secret_fingerprint
 from core.signing import SignedEnvelope, build_envelope, sign_envelope
 from statemachine.events import Event
-from statemachine.store import AppendEntry, EventStore, IndexJob
+from statemachine.store import AppendEntry, EventStore, IndexJob, SideEffect
 
 InputValues = Mapping[str, str | list[str]]
 
@@ -43,15 +43,21 @@ async def submit_job(
     target: str,
     ttl_s: int,
     now_s: int | None = None,
+    job_id: str | None = None,
+    guards: Sequence[SideEffect] = (),
 ) -> SubmittedJob:
-    """Sign, seal and store a job for `app` with already validated, normalised `values`."""
+    """Sign, seal and store a job for `app` with already validated, normalised `values`.
+
+    `guards` are effects of the same atomic step, e.g. the submission limits, made for
+    `job_id` (a fresh ULID when None); a guard that refuses raises `LimitReached`.
+    """
     if app.manifest is None or app.fingerprint is None:
         raise ValueError(f"app {app.app_id!r} is invalid and cannot be submitted")
     if not is_valid_target(target):
         raise ValueError(f"invalid target {target!r}")
     manifest = app.manifest
     issued_at = int(time.time()) if now_s is None else now_s
-    job_id = str(ULID())
+    job_id = job_id or str(ULID())
     password_names = [spec.name for spec in manifest.inputs if spec.type == "password"]
     clear, sealed = seal_inputs(
         ring, job_id=job_id, manifest_password_names=password_names, values=values
@@ -96,6 +102,7 @@ async def submit_job(
         effects=[
             IndexJob(keys.jobs_index, issued_at * 1000, job_id),
             AppendEntry(keys.jobs_stream(target), stream_fields),
+            *guards,
         ],
     )
     return SubmittedJob(job_id=job_id, event=applied.event, signed=signed)

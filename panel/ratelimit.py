@@ -1,8 +1,9 @@
 """Rate limits kept in Redis, so every panel process shares them: fixed-window counters.
 
 `hit` counts one event and says whether the subject is over its limit for the current
-window, and for how long. Used for failed logins (per account and per client address) and
-for submissions (per user), so no one guesses passwords quickly and no one floods the queue.
+window, and for how long. Used for failed logins (per account and per client address), so no
+one guesses passwords quickly. (Submissions are limited inside the step that stores a job:
+`panel.submission_limits`.)
 """
 
 from __future__ import annotations
@@ -30,28 +31,6 @@ class Verdict:
     retry_after_s: int
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """One event to count for a subject not known yet (the user behind a credential).
-
-    The counter's key is `key_prefix + subject + key_suffix`, as `RedisKeys.rate` names it;
-    `panel.credentials` counts it in the same round trip that finds the subject.
-    """
-
-    key_prefix: str
-    key_suffix: str
-    key_lifetime_s: int
-    limit: Limit
-    retry_after_s: int
-
-    def verdict(self, count: int) -> Verdict:
-        """The verdict of the event that brought the window to `count`."""
-        return Verdict(allowed=count <= self.limit.count, retry_after_s=self.retry_after_s)
-
-
-_SUBJECT_MARK = "\x00"  # never in a subject (user names and addresses), so it splits cleanly
-
-
 class RateLimiter:
     """Counters of one namespace."""
 
@@ -65,12 +44,6 @@ class RateLimiter:
         # Subjects are user names or addresses: bounded, and hashed nowhere (they are not
         # secrets), but cut to keep a hostile value from making a huge key.
         return self._keys.rate(kind, subject[:128], window), max(1, retry_after)
-
-    def charge(self, kind: str, limit: Limit, *, now_s: int) -> Charge:
-        """A `Charge` of one `kind` event in the current window, for a subject found later."""
-        key, retry_after = self._key(kind, _SUBJECT_MARK, limit, now_s)
-        prefix, _, suffix = key.partition(_SUBJECT_MARK)
-        return Charge(prefix, suffix, limit.window_s + 1, limit, retry_after)
 
     async def hit(self, kind: str, subject: str, limit: Limit, *, now_s: int) -> Verdict:
         """Count one event; not allowed once the window holds more than `limit.count`."""

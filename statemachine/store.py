@@ -21,16 +21,16 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import redis.asyncio as aioredis
 
-from core.errors import JobNotFound, TransitionConflict
+from core.errors import JobNotFound, LimitReached, TransitionConflict
 from core.keyring import KeyRing
 from core.keys import RedisKeys
 from core.text import as_text
 from statemachine.events import Event, event_from_fields, new_event
-from statemachine.machine import NO_STATE, next_state
+from statemachine.machine import NO_STATE, is_terminal, next_state
 from statemachine.snapshot import apply_event
 
 READ_BATCH: Final = 1000
@@ -95,7 +95,56 @@ class SetJobFields:
     fields: Mapping[str, str]
 
 
-SideEffect = AckEntry | ScheduleRetry | Unschedule | IndexJob | AppendEntry | SetJobFields
+@dataclass(frozen=True, slots=True)
+class RequireBelow:
+    """Write nothing unless `key` holds fewer than `limit`: a counter's value, or a set's size.
+
+    Checked inside the step, before its first write, so a limit holds across every panel
+    process; a step refused by it raises `LimitReached` with `name`.
+    """
+
+    key: str
+    limit: int
+    name: str
+    kind: Literal["counter", "set"]
+
+
+@dataclass(frozen=True, slots=True)
+class CountEvent:
+    """Add one to a counter that expires `lifetime_s` after its last count (a rate window)."""
+
+    key: str
+    lifetime_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddMember:
+    """Add the job to a set (its user's unfinished jobs, at submit)."""
+
+    key: str
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMember:
+    """Remove the job from a set (added by the store itself when a job ends)."""
+
+    key: str
+    job_id: str
+
+
+SideEffect = (
+    AckEntry
+    | ScheduleRetry
+    | Unschedule
+    | IndexJob
+    | AppendEntry
+    | SetJobFields
+    | RequireBelow
+    | CountEvent
+    | AddMember
+    | RemoveMember
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +212,14 @@ def _encode_effects(
                 ops.append(["xadd", index_of(stream), _flatten(fields)])
             case SetJobFields(fields):
                 ops.append(["hset", 1, _flatten(fields)])
+            case RequireBelow(key, limit, name, kind):
+                ops.append(["below", index_of(key), limit, name, kind])
+            case CountEvent(key, lifetime_s):
+                ops.append(["incr", index_of(key), lifetime_s])
+            case AddMember(key, job_id):
+                ops.append(["sadd", index_of(key), job_id])
+            case RemoveMember(key, job_id):
+                ops.append(["srem", index_of(key), job_id])
     return keys, ops
 
 
@@ -353,6 +410,11 @@ class EventStore:
         for effect in effects:
             if isinstance(effect, SetJobFields):
                 after.update(effect.fields)
+        # A job that ends leaves its user's unfinished set in the same step, whoever ends it
+        # (an agent, a cancel, an expiry), so the per-user cap frees up exactly as jobs end.
+        requested_by = after.get("requested_by", "")
+        if requested_by and is_terminal(after.get("state", "")) and not is_terminal(src):
+            effects.append(RemoveMember(self.keys.unfinished(requested_by), job_id))
         effect_keys, ops = _encode_effects(effects, first_index=4)
         keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.events]
         return Prepared(
@@ -377,6 +439,8 @@ class EventStore:
         event is its own: the first send ran, and the step happened once.
         """
         result = await self._transition(keys=prepared.keys, args=prepared.args)
+        if int(result[0]) == 2:
+            raise LimitReached(prepared.job_id, as_text(result[1]))
         if int(result[0]) != 1:
             actual_state, last_event_id = as_text(result[1]), as_text(result[2])
             if last_event_id == prepared.applied.event.event_id:

@@ -9,11 +9,16 @@
 -- ARGV[4] snapshot fields to set, same shape
 -- ARGV[5] side effects, JSON array of ops: ["xack", key_index, group, id],
 --         ["zadd", key_index, score, member], ["zrem", key_index, member],
---         ["xadd", key_index, fields_array], ["hset", key_index, fields_array]
+--         ["xadd", key_index, fields_array], ["hset", key_index, fields_array],
+--         ["below", key_index, limit, name, "counter"|"set"] (a guard: nothing is written
+--         unless the counter's value or the set's size is under limit),
+--         ["incr", key_index, lifetime_s], ["sadd", key_index, member],
+--         ["srem", key_index, member]
 -- ARGV[6] further snapshot fields that must hold, JSON array [name, value, ...]: bookkeeping
 --         that changes without an event (the entry carrying the job), so a stale actor
 --         (an agent that lost its lease) cannot record the outcome of another's run
--- Returns {1, job_stream_id, events_stream_id (of the last event), xadd ids...} or {0, actual_state, last_event_id}.
+-- Returns {1, job_stream_id, events_stream_id (of the last event), xadd ids...},
+-- {0, actual_state, last_event_id} on a conflict, or {2, name} when a guard's limit is reached.
 
 local function conflict()
   local state = redis.call('HGET', KEYS[1], 'state') or ''
@@ -34,11 +39,27 @@ end
 
 -- Check every side effect before the first write: Redis does not roll back a script.
 local ops = cjson.decode(ARGV[5])
-local known = {xack = 5, zadd = 5, zrem = 4, xadd = 3, hset = 3}
+local known = {xack = 5, zadd = 5, zrem = 4, xadd = 3, hset = 3, below = 6, incr = 4, sadd = 4,
+  srem = 4}
 for _, op in ipairs(ops) do
   local arity = known[op[1]]
   if arity == nil or #op < arity - 1 or KEYS[op[2]] == nil then
     return redis.error_reply('bad side effect ' .. tostring(op[1]))
+  end
+end
+
+-- Guards, also before the first write: a step over a limit leaves no trace at all.
+for _, op in ipairs(ops) do
+  if op[1] == 'below' then
+    local held
+    if op[5] == 'set' then
+      held = redis.call('SCARD', KEYS[op[2]])
+    else
+      held = tonumber(redis.call('GET', KEYS[op[2]]) or '0') or 0
+    end
+    if held >= tonumber(op[3]) then
+      return {2, op[4]}
+    end
   end
 end
 
@@ -69,6 +90,13 @@ for _, op in ipairs(ops) do
     redis.call('ZREM', key, op[3])
   elseif kind == 'hset' then
     redis.call('HSET', key, unpack(op[3]))
+  elseif kind == 'incr' then
+    redis.call('INCR', key)
+    redis.call('EXPIRE', key, op[3])
+  elseif kind == 'sadd' then
+    redis.call('SADD', key, op[3])
+  elseif kind == 'srem' then
+    redis.call('SREM', key, op[3])
   end
 end
 local result = {1, job_stream_id, events_stream_id}

@@ -10,7 +10,7 @@ machine (root, Debian, apt), as CI does. Run them with::
 Fixtures (from tests/installers/conftest.py, nothing to import):
 
 - ``installer_run``: an async function ``run(app_id, inputs) -> Result``. It submits a job
-  for the repo's real ``installers/<app_id>`` (``core.settings.default_installers_dir()``)
+  for the repo's real ``installers/<app_id>`` (``core.settings.BUNDLED_INSTALLERS_DIR``)
   through the real path: inputs validated and normalised by the manifest, the job signed
   with a fresh key ring, queued on this test's own Redis namespace (the session Redis from
   tests/conftest.py), run by an in-process ``agent.daemon.Agent`` (one agent id per test;
@@ -81,7 +81,7 @@ from agent.daemon import Agent
 from core.catalogue import AppEntry, Catalogue
 from core.keyring import KeyRing
 from core.keys import RedisKeys
-from core.settings import AgentSettings, default_installers_dir
+from core.settings import AgentSettings, BUNDLED_INSTALLERS_DIR
 from core.validation import validate_inputs
 from statemachine.events import Event
 from statemachine.store import EventStore
@@ -94,7 +94,7 @@ STOP_TIMEOUT_S = 5.0
 
 def installers_dir() -> Path:
     """The repo's real installers folder (what the agent runs in production)."""
-    return default_installers_dir()
+    return BUNDLED_INSTALLERS_DIR
 
 
 def machine_problem() -> str | None:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import default_installers_dir
+from core.settings import BUNDLED_INSTALLERS_DIR
 
-LIB = default_installers_dir() / "_lib" / "common.sh"
+LIB = BUNDLED_INSTALLERS_DIR / "_lib" / "common.sh"
 SYSTEMD = Path("/run/systemd/system").is_dir()
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -1,4 +1,5 @@
-"""Authentication in one round trip, and a submission's rate-limit count in that same trip.
+"""Authentication in one round trip; a submission's limits checked and counted in the step that
+stores it, so a submission costs two.
 
 What Redis receives is watched with MONITOR (the real server's own record of every command,
 with the commands a Lua script ran marked as such), so these tests see round trips as Redis
@@ -137,22 +138,25 @@ async def test_a_browser_page_is_authenticated_in_one_round_trip(panel, redis_ur
     assert not any("password_hash" in command for command in seen.scripted)
 
 
-async def test_a_repeat_submission_checks_its_token_and_counts_in_one_round_trip(panel, redis_url):
+async def test_a_submission_is_authenticated_then_stored_and_counted_in_two_round_trips(
+    panel, redis_url
+):
     token = await panel.token("cleo", Role.OPERATOR)
-    await panel.submit(token)  # the first use of a token is checked before its body is read
+    await panel.submit(token)
     async with watched(redis_url, panel.namespace) as seen:
-        await panel.submit(token)
+        job_id = await panel.submit(token)
     rate_key = panel.keys.rate("submit", "cleo", int(panel.clock()) // 60)
-    auth = [command for command in seen.sent if token_hash(token) in command]
-    assert len(auth) == 1 and auth[0].upper().startswith("EVALSHA")
-    assert not any(rate_key in command for command in seen.sent)  # counted inside the script
-    assert any(
-        command.upper().startswith("INCR") and rate_key in command for command in seen.scripted
-    )
+    unfinished_key = panel.keys.unfinished("cleo")
+    # The credential, then the atomic submit, which checks and counts both limits itself.
+    assert seen.names() == ["EVALSHA", "EVALSHA"]
+    scripted = seen.scripted
+    assert any(c.upper().startswith("INCR") and rate_key in c for c in scripted)
+    assert any(c.upper().startswith("SCARD") and unfinished_key in c for c in scripted)
+    assert any(c.upper().startswith("SADD") and job_id in c for c in scripted)
     assert await submissions_counted(panel, "cleo") == 2
 
 
-async def test_a_known_token_counts_exactly_the_submissions_that_reach_the_limit(panel):
+async def test_only_accepted_submissions_are_counted(panel):
     token = await panel.token("dora", Role.OPERATOR)
     post = poster(panel, token)
     await panel.submit(token)
@@ -161,11 +165,11 @@ async def test_a_known_token_counts_exactly_the_submissions_that_reach_the_limit
     assert await post({"app_id": APP, "inputs": {}, "extra": 1}) == 400
     assert await post(install("no-such-app")) == 404
     assert await post(install(BROKEN_APP)) == 409
-    assert await submissions_counted(panel, "dora") == 1  # refused before the limit: not counted
     assert await post(install(port="not a port")) == 422
-    assert await submissions_counted(panel, "dora") == 2  # invalid inputs count, as before
+    assert await submissions_counted(panel, "dora") == 1  # none of the refused ones counted
+    assert await panel.redis.scard(panel.keys.unfinished("dora")) == 1
     assert await post(install()) == 201
-    assert await submissions_counted(panel, "dora") == 3
+    assert await submissions_counted(panel, "dora") == 2
 
 
 async def test_a_known_tokens_revocation_or_demotion_stops_the_very_next_submission(panel):
