@@ -6,17 +6,47 @@ accounts exist. Failed attempts are counted per account and per client address i
 past the limit the form answers 429 with `Retry-After` until the window ends. A successful
 login always creates a new session (and drops the old one), so a session id planted before
 login is never promoted.
+
+The login form carries a CSRF token too, a pre-session one (a forged login would put the
+victim's browser in the attacker's account). It is stateless, so it works across several
+panel processes and leaves nothing in Redis for anonymous visitors:
+
+- `GET /login` sets the cookie `prov_login` to a random nonce (a well-formed one already
+  there is kept, so two open tabs share it; `HttpOnly`, `SameSite=Strict`, `Path=/login`,
+  `Secure` with `PROV_COOKIE_SECURE`, one hour) and puts `<issued>.<HMAC(key, nonce.issued)>`
+  in the form's `_csrf` field, the field name every other form uses.
+- `POST /login` checks that pair first, before the argon2 check and before counting a failed
+  login: a missing cookie, a missing field, a wrong, foreign or expired token gets 403 with
+  a fresh form, and nothing else happens (no session, no failure counted). A success deletes
+  the cookie. Every re-rendered form (401, 403, 429) carries a valid token, so the user can
+  simply try again.
+
+Keyed, not a plain double-submit (token == cookie): the HMAC key is derived with HKDF from
+the key ring's secrets under its own label (`FORM_KEY_INFO`, with `core.sealing`'s salt; the
+ring secrets themselves only sign jobs), so a cookie planted by a sibling subdomain cannot be
+paired with a token the attacker made up, only with one this panel issued. The token carries
+its issue time, so a form is refused after an hour even if the browser kept the cookie. Every
+key of the ring verifies, so a key rotation does not void the forms already shown. The
+middleware's same-origin check (`Origin`, `Sec-Fetch-Site`) still runs before all of this.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import re
+import secrets
 from typing import Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from core.sealing import HKDF_SALT
 from panel import appkeys
-from panel.access import IDENTITY
+from panel.access import CSRF_FIELD, IDENTITY
 from panel.page_context import render_page
 from panel.ratelimit import Limit
 from panel.sessions import COOKIE_NAME
@@ -24,6 +54,16 @@ from panel.sessions import COOKIE_NAME
 routes = web.RouteTableDef()
 
 WRONG: Final = "Wrong user name or password."
+FORM_EXPIRED: Final = "Your login form expired or came from another site; please try again."
+
+# The pre-session cookie: a nonce the form's token is bound to.
+LOGIN_COOKIE: Final = "prov_login"
+LOGIN_FORM_MAX_S: Final = 3600
+# A form issued by a panel process whose clock runs a little ahead of this one still counts.
+CLOCK_SKEW_S: Final = 60
+FORM_KEY_INFO: Final = b"provision/login-csrf/v1"
+_NONCE: Final = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+_TOKEN: Final = re.compile(r"([0-9]{1,12})\.[A-Za-z0-9_-]{43}")
 
 
 def safe_next(value: str | None) -> str:
@@ -56,13 +96,79 @@ def _limits(request: web.Request) -> tuple[Limit, Limit]:
     )
 
 
+# --- the login form's CSRF token -------------------------------------------------------------
+
+
+def _form_key(secret: bytes) -> bytes:
+    # A fresh HKDF object per call: cryptography's KDFs may be used only once.
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT, info=FORM_KEY_INFO)
+    return hkdf.derive(secret)
+
+
+def form_token(secret: bytes, nonce: str, issued_s: int) -> str:
+    """The login form's token for the cookie `nonce`, issued at `issued_s`, under `secret`."""
+    message = f"{nonce}.{issued_s}".encode("ascii")
+    mac = hmac.new(_form_key(secret), message, hashlib.sha256).digest()
+    return f"{issued_s}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode('ascii')}"
+
+
+def _cookie_nonce(request: web.Request) -> str | None:
+    """The pre-session cookie's nonce, if the request carries a well-formed one."""
+    value = request.cookies.get(LOGIN_COOKIE, "")
+    return value if _NONCE.fullmatch(value) else None
+
+
+def _form_is_genuine(request: web.Request, sent: str) -> bool:
+    """Whether `sent` is a token this panel issued, within the hour, for the request's cookie."""
+    nonce = _cookie_nonce(request)
+    match = _TOKEN.fullmatch(sent)
+    if nonce is None or match is None:
+        return False
+    issued_s = int(match.group(1))
+    now_s = int(request.app[appkeys.CLOCK]())
+    if not now_s - LOGIN_FORM_MAX_S <= issued_s <= now_s + CLOCK_SKEW_S:
+        return False
+    ring = request.app[appkeys.RING]()
+    sent_bytes = sent.encode("ascii")  # the pattern matched: ASCII only
+    return any(
+        hmac.compare_digest(
+            sent_bytes, form_token(ring.secret(kid), nonce, issued_s).encode("ascii")
+        )
+        for kid in ring
+    )
+
+
 def _page(request: web.Request, status: int, **context: object) -> web.Response:
-    return render_page(
+    """The login form, with its pre-session cookie (kept if valid) and a token bound to it."""
+    app = request.app
+    nonce = _cookie_nonce(request) or secrets.token_urlsafe(32)
+    token = form_token(app[appkeys.RING]().signing_secret, nonce, int(app[appkeys.CLOCK]()))
+    response = render_page(
         request,
         "login.html",
-        {"next": safe_next(request.query.get("next")), "error": "", "username": "", **context},
+        {
+            "next": safe_next(request.query.get("next")),
+            "error": "",
+            "username": "",
+            **context,
+            "csrf_token": token,
+        },
         status=status,
     )
+    # Set again even when kept, so the cookie lives at least as long as the token.
+    response.set_cookie(
+        LOGIN_COOKIE,
+        nonce,
+        httponly=True,
+        samesite="Strict",
+        secure=app[appkeys.SETTINGS].cookie_secure,
+        path="/login",
+        max_age=LOGIN_FORM_MAX_S,
+    )
+    return response
+
+
+# --- the routes ------------------------------------------------------------------------------
 
 
 @routes.get("/login")
@@ -78,6 +184,10 @@ async def login(request: web.Request) -> web.StreamResponse:
     username = str(form.get("username", ""))[:200].strip().lower()
     password = str(form.get("password", ""))
     next_path = safe_next(str(form.get("next", "")))
+    sent = form.get(CSRF_FIELD)
+    # First, before anything that costs (argon2, the failure counts): the form's own token.
+    if not isinstance(sent, str) or not _form_is_genuine(request, sent):
+        return _page(request, 403, error=FORM_EXPIRED, username=username, next=next_path)
     app = request.app
     now = app[appkeys.CLOCK]()
     now_s = int(now)
@@ -116,15 +226,23 @@ async def login(request: web.Request) -> web.StreamResponse:
     if old:
         await sessions.delete(old)
     session = await sessions.create(user.name, now_ms=int(now * 1000))
+    settings = app[appkeys.SETTINGS]
     response = web.Response(status=303, headers={"Location": next_path})
     response.set_cookie(
         COOKIE_NAME,
         session.session_id,
         httponly=True,
         samesite="Lax",
-        secure=app[appkeys.SETTINGS].cookie_secure,
+        secure=settings.cookie_secure,
         path="/",
-        max_age=app[appkeys.SETTINGS].session_max_s,
+        max_age=settings.session_max_s,
+    )
+    response.del_cookie(
+        LOGIN_COOKIE,
+        path="/login",
+        httponly=True,
+        samesite="Strict",
+        secure=settings.cookie_secure,
     )
     return response
 

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from playwright.async_api import ConsoleMessage, Error, Page, ViewportSize
 
+from panel.login import LOGIN_COOKIE
 from tests.agent_support import write_app
 
 CHROMIUM: Final = Path("/usr/bin/chromium")
@@ -390,7 +391,22 @@ def screenshot_path(name: str) -> Path:
 
 
 async def log_in(page: Page) -> None:
-    """Log in as `admin` with the login form the page shows; fail with its message if refused."""
+    """Log in as `admin` with the login form the page shows; fail with its message if refused.
+
+    The form must carry its CSRF token (a hidden `_csrf` field) and the page must have set
+    the pre-session cookie it is bound to, which is gone once logged in.
+    """
+    token = page.locator('form[action="/login"] input[type="hidden"][name="_csrf"]')
+    assert await token.count() == 1, "the login form has no hidden CSRF token field"
+    assert len(await token.input_value()) >= 32, "the login form's CSRF token is empty"
+    pre_session = [c for c in await page.context.cookies() if c.get("name") == LOGIN_COOKIE]
+    assert len(pre_session) == 1, "the login page set no pre-session cookie"
+    cookie = pre_session[0]
+    assert (cookie.get("httpOnly"), cookie.get("sameSite"), cookie.get("path")) == (
+        True,
+        "Strict",
+        "/login",
+    ), cookie
     await page.get_by_label("User name").fill(ADMIN_USER)
     await page.get_by_label("Password").fill(ADMIN_PASSWORD)
     async with page.expect_navigation():
@@ -398,6 +414,8 @@ async def log_in(page: Page) -> None:
     if urlsplit(page.url).path == "/login":
         refused = await page.get_by_role("alert").all_inner_texts()
         raise AssertionError(f"cannot log in as {ADMIN_USER} (PROV_ADMIN_PASSWORD): {refused}")
+    left = [c for c in await page.context.cookies() if c.get("name") == LOGIN_COOKIE]
+    assert left == [], f"the pre-session cookie outlived the login: {left}"
 
 
 async def install_app(page: Page, app_id: str, button: str) -> str:

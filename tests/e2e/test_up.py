@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.agent_support import wait_until, write_app
-from tests.auth_support import bearer
+from tests.auth_support import bearer, fetch_login_form
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -262,9 +262,11 @@ async def test_up_creates_the_admin_once_and_shows_the_one_time_password_once(up
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{up.url}/api/jobs") as anonymous:
             assert anonymous.status == 401
+        form = await fetch_login_form(session, f"{up.url}/login")
         async with session.post(
             f"{up.url}/login",
-            data={"username": "admin", "password": password, "next": "/jobs"},
+            data=form.fields("admin", password, "/jobs"),
+            headers=form.headers(),
             allow_redirects=False,
         ) as login:
             assert login.status == 303

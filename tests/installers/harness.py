@@ -81,7 +81,7 @@ from agent.daemon import Agent
 from core.catalogue import AppEntry, Catalogue
 from core.keyring import KeyRing
 from core.keys import RedisKeys
-from core.settings import AgentSettings, BUNDLED_INSTALLERS_DIR
+from core.settings import BUNDLED_INSTALLERS_DIR, AgentSettings
 from core.validation import validate_inputs
 from statemachine.events import Event
 from statemachine.store import EventStore

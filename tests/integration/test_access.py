@@ -3,10 +3,11 @@
 Every test builds the real panel with `create_app` on its own Redis namespace and talks to it
 over HTTP through aiohttp's test client, as a script or a browser would. The client keeps no
 cookies by itself (`DummyCookieJar`): each request says which session cookie it carries, so a
-test can replay an old cookie on purpose. Time is a fake clock handed to `create_app`, so
-session timeouts and rate-limit windows pass in an instant. The browser flows (login,
-sessions, CSRF, login limits, a password through the whole stack) are in
-test_access_browser_flows.py, which uses the helpers and fixtures defined here.
+test can replay an old cookie on purpose, and a login first GETs the form for its
+pre-session cookie and CSRF token (`Panel.login`, `tests.auth_support.LoginForm`). Time is a
+fake clock handed to `create_app`, so session timeouts and rate-limit windows pass in an
+instant. The browser flows (login, sessions, CSRF, login limits, a password through the whole
+stack) are in test_access_browser_flows.py, which uses the helpers and fixtures defined here.
 """
 
 from __future__ import annotations
@@ -39,7 +40,14 @@ from panel.sessions import COOKIE_NAME
 from panel.tokens import TokenStore, token_hash
 from panel.users import UserStore
 from tests.agent_support import make_ring, write_app
-from tests.auth_support import TEST_PASSWORD, bearer, make_token
+from tests.auth_support import (
+    CSRF_INPUT,
+    TEST_PASSWORD,
+    LoginForm,
+    bearer,
+    fetch_login_form,
+    make_token,
+)
 
 # The text of aiohttp's warning for a handler that returns an HTTPException (a login test
 # checks the panel never does).
@@ -50,7 +58,6 @@ APP = "hello"
 ICON = b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 8 8"><rect width="8"/></svg>'
 EVIL = "https://evil.example"
 NO_SUCH_JOB = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
-CSRF_INPUT = re.compile(r'name="_csrf" value="([^"]*)"')
 ROLES: tuple[Role | None, ...] = (None, Role.VIEWER, Role.OPERATOR, Role.ADMIN)
 RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 ONE_MIB = 1024 * 1024
@@ -111,6 +118,20 @@ class Panel:
         token, _info = await self.tokens.create(name, name="test")
         return token
 
+    async def login_form(self) -> LoginForm:
+        """GET the login form: its pre-session cookie and CSRF token, as a browser keeps them."""
+        return await fetch_login_form(self.client)
+
+    async def post_login(
+        self, data: dict[str, str], headers: dict[str, str] | None = None
+    ) -> ClientResponse:
+        """POST `/login` with exactly these fields and headers (without following redirects)."""
+        response = await self.client.post(
+            "/login", data=data, headers=headers or {}, allow_redirects=False
+        )
+        await response.read()
+        return response
+
     async def login(
         self,
         username: str,
@@ -119,19 +140,14 @@ class Panel:
         next_path: str = "/",
         cookie: str | None = None,
         headers: dict[str, str] | None = None,
+        form: LoginForm | None = None,
     ) -> ClientResponse:
-        """POST the login form (without following the redirect)."""
-        sent = dict(headers or {})
-        if cookie is not None:
-            sent["Cookie"] = f"{COOKIE_NAME}={cookie}"
-        response = await self.client.post(
-            "/login",
-            data={"username": username, "password": password, "next": next_path},
-            headers=sent,
-            allow_redirects=False,
+        """Fill in the login form (a fresh one unless `form` is given) and POST it."""
+        form = form or await self.login_form()
+        return await self.post_login(
+            form.fields(username, password, next_path),
+            {**form.headers(session_cookie=cookie), **(headers or {})},
         )
-        await response.read()
-        return response
 
     async def browser(self, name: str, role: Role | None = None) -> Browser:
         """A logged-in cookie session of `name` (created with `role` first when given)."""
@@ -352,12 +368,12 @@ def sample_path(canonical: str, params: dict[str, str]) -> str:
     return re.sub(r"\{(\w+)(?::[^}]*)?\}", fill, canonical)
 
 
-def sample_body(method: str, canonical: str) -> dict[str, Any]:
+def sample_body(method: str, canonical: str, login: LoginForm) -> dict[str, Any]:
     """A valid body for each state-changing route (an empty form for any other)."""
     if method != "POST":
         return {}
     bodies: dict[str, dict[str, Any]] = {
-        "/login": {"data": {"username": "viewer", "password": TEST_PASSWORD, "next": "/jobs"}},
+        "/login": {"data": login.fields("viewer", TEST_PASSWORD, "/jobs")},
         "/apps/{app_id}/install": {"data": {"port": "8081"}},
         "/api/install": {"json": {"app_id": APP, "inputs": {"port": 8082}}},
     }
@@ -400,18 +416,21 @@ async def test_every_route_answers_each_role_as_its_permission_says(panel, redis
     # Ended, so the stream route drains and idles instead of blocking on a live job.
     await panel.client.post(f"/api/jobs/{job_id}/cancel", headers=bearer(tokens[Role.ADMIN]))
     params = {"app_id": APP, "job_id": job_id}
+    login = await panel.login_form()
     problems: list[str] = []
     checked = 0
     for (method, canonical), permission in sorted(ROUTE_PERMISSIONS.items()):
         path = sample_path(canonical, params)
         for caller in ROLES:
             headers = bearer(tokens[caller]) if caller is not None else {}
+            if canonical == "/login":
+                headers |= login.headers()
             async with panel.client.request(
                 method,
                 path,
                 headers=headers,
                 allow_redirects=False,
-                **sample_body(method, canonical),
+                **sample_body(method, canonical, login),
             ) as response:
                 # Only the status and headers matter; leaving closes an SSE stream.
                 problem = judge(permission, caller, method, path, response)
@@ -540,37 +559,6 @@ async def dump_namespace(client: aioredis.Redis, namespace: str) -> bytes:
     return b"\n".join(chunks)
 
 
-# --- submission rate limit -------------------------------------------------------------------
-
-
-async def test_submissions_past_the_per_user_limit_get_429_until_the_next_minute(make_panel):
-    panel = await make_panel(PROV_SUBMISSIONS_PER_MINUTE="2")
-    token = await panel.token("adam", Role.OPERATOR)
-    browser = await panel.browser("adam")
-    csrf = await browser.csrf(f"/apps/{APP}")
-    await panel.submit(token)
-    await panel.submit(token)
-    api = await panel.client.post(
-        "/api/install", json={"app_id": APP, "inputs": {}}, headers=bearer(token)
-    )
-    assert api.status == 429
-    assert (await api.json())["error"] == "rate_limited"
-    assert 1 <= int(api.headers["Retry-After"]) <= 60
-    form = await browser.post(f"/apps/{APP}/install", data={"port": "8081", "_csrf": csrf})
-    assert form.status == 429
-    assert form.content_type == "text/html"
-    assert "Slow down" in await form.text()
-    assert 1 <= int(form.headers["Retry-After"]) <= 60
-    assert await panel.job_count() == 2
-    other = await panel.token("beth", Role.OPERATOR)
-    await panel.submit(other)  # the limit is per user
-    panel.clock.advance(60)
-    await panel.submit(token)
-    form = await browser.post(f"/apps/{APP}/install", data={"port": "8081", "_csrf": csrf})
-    assert form.status == 303
-    assert await panel.job_count() == 5
-
-
 # --- security headers ------------------------------------------------------------------------
 
 
@@ -615,6 +603,7 @@ async def test_every_page_carries_a_strict_csp_and_the_security_headers(panel):
     job_id = await panel.submit(admin)
     browser = await panel.browser("root")
     viewer = await panel.browser("carl", Role.VIEWER)
+    login = await panel.login_form()
     pages: dict[str, Callable[[], Awaitable[ClientResponse]]] = {
         "catalogue": lambda: browser.get("/"),
         "form": lambda: browser.get(f"/apps/{APP}"),
@@ -622,14 +611,15 @@ async def test_every_page_carries_a_strict_csp_and_the_security_headers(panel):
         "jobs": lambda: browser.get("/jobs"),
         "agents": lambda: browser.get("/agents"),
         "login": lambda: panel.client.get("/login"),
-        "login error": lambda: panel.client.post("/login", data={"username": "x", "password": "y"}),
+        "login error": lambda: panel.login("x", "y", form=login),
+        "login csrf": lambda: panel.post_login({"username": "x", "password": "y"}),
         "app 404": lambda: browser.get("/apps/nope"),
         "job 404": lambda: browser.get(f"/jobs/{NO_SUCH_JOB}"),
         "route 404": lambda: browser.get("/no/such/page"),
         "403": lambda: viewer.get("/agents"),
     }
     expected_status = {"login error": 401, "app 404": 404, "job 404": 404, "route 404": 404}
-    expected_status["403"] = 403
+    expected_status["403"] = expected_status["login csrf"] = 403
     problems: list[str] = []
     for name, request in pages.items():
         response = await request()

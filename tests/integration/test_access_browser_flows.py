@@ -1,5 +1,8 @@
 """Access control as a browser meets it: login, sessions, CSRF, login limits, a secret's path.
 
+Every login first GETs the form, as a browser does, for its pre-session cookie and CSRF token
+(`Panel.login`); the tests of that token itself post exactly the fields and cookies they mean.
+
 The panel, the fake clock, the cookie-carrying `Browser` and the fixtures come from
 test_access.py (imported below); see its docstring for how the tests talk to the panel.
 """
@@ -19,11 +22,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from html import unescape
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import pytest
 import redis.asyncio as aioredis
 import structlog
+from aiohttp import ClientResponse
 
 from agent.daemon import Agent
 from core.logging_setup import configure_logging
@@ -31,9 +36,10 @@ from core.redis_launcher import start_redis
 from core.settings import AgentSettings
 from panel import appkeys
 from panel.access import Role
+from panel.login import FORM_EXPIRED, LOGIN_COOKIE, LOGIN_FORM_MAX_S, form_token
 from panel.sessions import COOKIE_NAME
 from tests.agent_support import agent_environ, wait_until, write_app
-from tests.auth_support import TEST_PASSWORD, bearer
+from tests.auth_support import TEST_PASSWORD, LoginForm, bearer, login_form_of
 from tests.integration import test_access as shared
 from tests.integration.test_access import (
     APP,
@@ -83,8 +89,9 @@ async def test_logging_in_and_out_raises_no_deprecation_warning(panel):
 
 async def test_a_wrong_password_and_an_unknown_user_get_the_same_answer(panel):
     await panel.add_user("alice-real", Role.VIEWER)
-    wrong = await panel.login("alice-real", "not the right password")
-    unknown = await panel.login("alice-fake", TEST_PASSWORD)
+    form = await panel.login_form()  # one form, so even the fresh token is the same
+    wrong = await panel.login("alice-real", "not the right password", form=form)
+    unknown = await panel.login("alice-fake", TEST_PASSWORD, form=form)
     assert wrong.status == unknown.status == 401
     assert COOKIE_NAME not in wrong.cookies and COOKIE_NAME not in unknown.cookies
     wrong_text = (await wrong.text()).replace("alice-real", "NAME")
@@ -106,6 +113,9 @@ async def test_a_right_password_redirects_to_next_with_a_locked_down_cookie(pane
     assert not cookie["secure"]
     raw = response.headers["Set-Cookie"]
     assert "HttpOnly" in raw and "SameSite=Lax" in raw and "Path=/" in raw
+    pre_session = response.cookies[LOGIN_COOKIE]  # the login form's cookie is done with
+    assert pre_session.value == "" and pre_session["max-age"] in ("0", 0)
+    assert pre_session["path"] == "/login"
     page = await Browser(panel, cookie.value).get("/jobs")
     assert page.status == 200
 
@@ -113,6 +123,8 @@ async def test_a_right_password_redirects_to_next_with_a_locked_down_cookie(pane
 async def test_the_cookie_is_secure_when_prov_cookie_secure_is_true(make_panel):
     panel = await make_panel(PROV_COOKIE_SECURE="true")
     await panel.add_user("carol", Role.VIEWER)
+    form = await panel.client.get("/login")
+    assert form.cookies[LOGIN_COOKIE]["secure"] is True
     response = await panel.login("carol")
     assert response.status == 303
     assert response.cookies[COOKIE_NAME]["secure"] is True
@@ -407,6 +419,174 @@ async def test_a_cross_site_login_post_is_refused(panel, headers):
     assert same.status == 303
 
 
+# --- the login form's own CSRF token ---------------------------------------------------------
+
+
+async def keys_matching(panel: Panel, pattern: str) -> list[bytes]:
+    return [key async for key in panel.redis.scan_iter(f"{panel.namespace}:{pattern}")]
+
+
+def set_cookie_names(response: ClientResponse) -> list[str]:
+    return [raw.split("=", 1)[0] for raw in response.headers.getall("Set-Cookie", [])]
+
+
+def panel_form_secret(panel: Panel) -> bytes:
+    return panel.client.app[appkeys.RING]().signing_secret
+
+
+def flipped(token: str) -> str:
+    """`token` with its last character changed (still well-formed)."""
+    return token[:-1] + ("A" if token[-1] != "A" else "B")
+
+
+async def test_the_login_form_sets_a_locked_down_pre_session_cookie_and_a_keyed_token(panel):
+    response = await panel.client.get("/login")
+    assert response.status == 200
+    form = login_form_of(response, await response.text())
+    cookie = response.cookies[LOGIN_COOKIE]
+    assert len(form.cookie) >= 43
+    assert cookie["httponly"] is True
+    assert cookie["samesite"] == "Strict"
+    assert cookie["path"] == "/login"
+    assert int(cookie["max-age"]) == LOGIN_FORM_MAX_S
+    assert not cookie["secure"]
+    assert form.cookie not in form.token  # bound to the cookie by a key, not a copy of it
+    again = await panel.client.get("/login", headers=form.headers())
+    kept = login_form_of(again, await again.text())
+    assert kept.cookie == form.cookie  # a second tab keeps the first tab's form valid
+    assert (await panel.login_form()).cookie != form.cookie  # another browser, another nonce
+    assert await keys_matching(panel, "*") == []  # nothing in Redis for anonymous visitors
+
+
+LoginAttack = Callable[[Panel, LoginForm, LoginForm], tuple[dict[str, str], dict[str, str]]]
+
+
+def nora(form: LoginForm, token: str | None) -> dict[str, str]:
+    """The right user name and password, with `token` as the CSRF field (None: no field)."""
+    fields = form.fields("nora", TEST_PASSWORD, "/jobs")
+    if token is None:
+        del fields["_csrf"]
+    else:
+        fields["_csrf"] = token
+    return fields
+
+
+def expired(panel: Panel, mine: LoginForm) -> tuple[dict[str, str], dict[str, str]]:
+    panel.clock.advance(LOGIN_FORM_MAX_S + 1)
+    return nora(mine, mine.token), mine.headers()
+
+
+LOGIN_CSRF_ATTACKS: dict[str, LoginAttack] = {
+    # name -> (fields, headers) from the panel, this browser's form and another browser's
+    "no_token": lambda panel, mine, theirs: (nora(mine, None), mine.headers()),
+    "an_empty_token": lambda panel, mine, theirs: (nora(mine, ""), mine.headers()),
+    "a_wrong_token": lambda panel, mine, theirs: (nora(mine, flipped(mine.token)), mine.headers()),
+    "no_cookie": lambda panel, mine, theirs: (nora(mine, mine.token), {}),
+    "neither": lambda panel, mine, theirs: (nora(mine, None), {}),
+    "a_token_of_another_browsers_cookie": lambda panel, mine, theirs: (
+        nora(mine, theirs.token),
+        mine.headers(),
+    ),
+    "the_cookie_copied_as_token": lambda panel, mine, theirs: (
+        nora(mine, mine.cookie),
+        mine.headers(),
+    ),
+    "a_token_under_a_key_the_panel_lacks": lambda panel, mine, theirs: (
+        nora(mine, form_token(b"k" * 32, mine.cookie, int(panel.clock()))),
+        mine.headers(),
+    ),
+    "a_token_from_the_future": lambda panel, mine, theirs: (
+        nora(mine, form_token(panel_form_secret(panel), mine.cookie, int(panel.clock()) + 3600)),
+        mine.headers(),
+    ),
+    "an_expired_form": lambda panel, mine, theirs: expired(panel, mine),
+    "a_non_ascii_token": lambda panel, mine, theirs: (nora(mine, "jeton-é"), mine.headers()),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(LOGIN_CSRF_ATTACKS))
+async def test_a_login_post_without_the_right_csrf_token_is_a_403_and_opens_no_session(
+    panel, attack
+):
+    await panel.add_user("nora", Role.VIEWER)
+    mine, theirs = await panel.login_form(), await panel.login_form()
+    fields, headers = LOGIN_CSRF_ATTACKS[attack](panel, mine, theirs)
+    response = await panel.post_login(fields, headers)
+    assert response.status == 403
+    html = await response.text()
+    assert FORM_EXPIRED in html
+    assert COOKIE_NAME not in set_cookie_names(response)
+    assert await keys_matching(panel, "session:*") == []
+    assert await keys_matching(panel, "rate:*") == []  # not counted as a failed login
+    retry = login_form_of(response, html)  # the page re-rendered with a fresh, valid form
+    assert retry.token != fields.get("_csrf")
+    again = await panel.login("nora", form=retry)
+    assert again.status == 303
+    assert len(await keys_matching(panel, "session:*")) == 1
+
+
+async def test_the_right_cookie_and_token_log_in_with_one_session(panel):
+    await panel.add_user("olaf", Role.VIEWER)
+    form = await panel.login_form()
+    response = await panel.login("olaf", form=form)
+    assert response.status == 303
+    assert response.cookies[COOKIE_NAME].value
+    assert len(await keys_matching(panel, "session:*")) == 1
+    # The token is exactly the documented HMAC of the cookie under the panel's own key.
+    made = form_token(panel_form_secret(panel), form.cookie, int(panel.clock()))
+    assert (await panel.login("olaf", form=LoginForm(form.cookie, made))).status == 303
+
+
+async def test_a_csrf_refused_login_is_no_failed_attempt_and_runs_no_password_check(
+    make_panel, monkeypatch
+):
+    panel = await make_panel(
+        PROV_LOGIN_FAILURES_PER_ACCOUNT="2",
+        PROV_LOGIN_FAILURES_PER_ADDRESS="2",
+        PROV_LOGIN_WINDOW_S="60",
+    )
+    await panel.add_user("omar", Role.VIEWER)
+    checked: list[str] = []
+    authenticate = panel.users.authenticate
+
+    async def counting(name: str, password: str) -> Any:
+        checked.append(name)
+        return await authenticate(name, password)
+
+    monkeypatch.setattr(panel.users, "authenticate", counting)
+    form = await panel.login_form()
+    for _ in range(5):
+        refused = await panel.post_login(
+            {"username": "omar", "password": "wrong password!"}, form.headers()
+        )
+        assert refused.status == 403
+    assert checked == []  # no argon2 ran
+    assert await keys_matching(panel, "rate:*") == []
+    assert (await panel.login("omar")).status == 303
+    # Real failures still count: two wrong passwords, and the third try is refused.
+    for _ in range(2):
+        assert (await panel.login("omar", "wrong password!")).status == 401
+    assert (await panel.login("omar")).status == 429
+
+
+async def test_every_re_rendered_login_form_carries_a_token_that_logs_in(make_panel):
+    panel = await make_panel(
+        PROV_LOGIN_FAILURES_PER_ACCOUNT="1",
+        PROV_LOGIN_FAILURES_PER_ADDRESS="1000",
+        PROV_LOGIN_WINDOW_S="60",
+    )
+    await panel.add_user("pam", Role.VIEWER)
+    wrong = await panel.login("pam", "wrong password!")
+    assert wrong.status == 401
+    after_401 = login_form_of(wrong, await wrong.text())
+    blocked = await panel.login("pam", form=after_401)
+    assert blocked.status == 429
+    after_429 = login_form_of(blocked, await blocked.text())
+    assert after_429.cookie == after_401.cookie  # the same browser keeps its nonce
+    panel.clock.advance(int(blocked.headers["Retry-After"]))
+    assert (await panel.login("pam", form=after_429)).status == 303
+
+
 # --- rate limits -----------------------------------------------------------------------------
 
 
@@ -466,8 +646,9 @@ async def test_concurrent_failed_logins_cannot_exceed_the_account_limit(make_pan
         PROV_LOGIN_FAILURES_PER_ACCOUNT="3", PROV_LOGIN_FAILURES_PER_ADDRESS="1000"
     )
     await panel.add_user("yann", Role.VIEWER)
+    form = await panel.login_form()  # one form, so the thirty POSTs really run together
     answers = await asyncio.gather(
-        *(panel.login("yann", f"guess number {n:04d}") for n in range(30))
+        *(panel.login("yann", f"guess number {n:04d}", form=form) for n in range(30))
     )
     statuses = sorted(answer.status for answer in answers)
     assert set(statuses) <= {401, 429}
