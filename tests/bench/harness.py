@@ -101,7 +101,10 @@ class World:
     def start_panel(self, port: int, **extra: str) -> Process:
         """A real `provision panel` process on `port`."""
         env = self.environ(
-            PROV_PANEL_PORT=str(port), PROV_SUBMISSIONS_PER_MINUTE=UNLIMITED_SUBMISSIONS, **extra
+            PROV_PANEL_PORT=str(port),
+            PROV_SUBMISSIONS_PER_MINUTE=UNLIMITED_SUBMISSIONS,
+            PROV_MAX_UNFINISHED_PER_USER=UNLIMITED_SUBMISSIONS,
+            **extra,
         )
         process = Process.start(provision_argv("panel"), env, self.folder / f"panel-{port}.log")
         self.processes.append(process)

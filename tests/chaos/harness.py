@@ -198,7 +198,14 @@ class Chaos:
         port = free_port()
         self.panel_url = f"http://127.0.0.1:{port}"
         env = self._common_env()
-        env.update({"PROV_PANEL_PORT": str(port), "PROV_SUBMISSIONS_PER_MINUTE": "100000"})
+        # One user submits a whole scenario's jobs in a burst: more than a fair share, on purpose.
+        env.update(
+            {
+                "PROV_PANEL_PORT": str(port),
+                "PROV_SUBMISSIONS_PER_MINUTE": "100000",
+                "PROV_MAX_UNFINISHED_PER_USER": "100000",
+            }
+        )
         self.panel = Process(provision_argv("panel"), env, self.tmp / "panel.log")
         await wait_until(self._panel_ready, timeout_s=30, message="the panel answers /readyz")
 

@@ -99,6 +99,7 @@ def panel_process(base: dict[str, str], log_path: Path, port: int) -> ProvisionP
         "PROV_PANEL_HOST": "127.0.0.1",
         "PROV_PANEL_PORT": str(port),
         "PROV_SUBMISSIONS_PER_MINUTE": "100000",
+        "PROV_MAX_UNFINISHED_PER_USER": "100000",
     }
     return ProvisionProcess("panel", env, log_path)
 

@@ -90,6 +90,7 @@ def live_panel(
             "PROV_HMAC_KEYS_FILE": str(root / "hmac.keys"),
             # Generated requests come fast; the submission limit is tested elsewhere.
             "PROV_SUBMISSIONS_PER_MINUTE": "100000",
+            "PROV_MAX_UNFINISHED_PER_USER": "100000",
         }
     )
     panel = LivePanel(create_app(settings_, ring=ring), _free_port())
