@@ -1,7 +1,7 @@
 """One job per app per host: an asyncio lock within the agent, a file lock across agents.
 
 Installers of one app fight over the same package manager lock and the same config files,
-so DESIGN §6 forbids running two at once on one host. The in-process lock orders this
+so docs/architecture.md §6 forbids running two at once on one host. The in-process lock orders this
 agent's own jobs; `flock` on a file under the lock folder extends that to every agent
 process on the host (two agents of different targets, or a restarted agent whose previous
 self is still draining). The kernel drops a `flock` when its holder dies, so a crashed agent

@@ -1,6 +1,6 @@
-"""Security layers 2 to 4 of DESIGN §6, and the sandbox environment of layer 5.
+"""Security layers 2 to 4 of docs/architecture.md §6, and the sandbox environment of layer 5.
 
-Layer 1 (signature, key id, expiry, replay) is decided in `agent.jobs` with the snapshot;
+Layer 1 (signature, key id, expiry, replay) is decided in `agent.processor` with the snapshot;
 these layers run on an envelope whose signature already verified. Each refusal raises
 `JobRejected` with the reason code the job fails with. Nothing here executes anything.
 """
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from core.catalogue import AppEntry, load_app
 from core.errors import FormError, JobRejected, SealError
 from core.keyring import KeyRing
-from core.manifest import Manifest, is_valid_app_id
+from core.manifest.model import Manifest, is_valid_app_id
 from core.reasons import Reason
+from core.runtime.catalogue import AppEntry, load_app
 from core.sealing import open_inputs
 from core.signing import Envelope
 from core.validation import to_env, validate_inputs

@@ -12,14 +12,14 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from core.cli_keys import resolve_keys_file
+from core.cli.keys import resolve_keys_file
 from core.errors import KeyRingError, SettingsError
 from core.keyring import keyfile_mode_problem
-from core.keyring_file import KeyRingFile
 from core.keys import RedisKeys
-from core.logging_setup import configure_logging, log_colors_from, log_format_from
-from core.redis_conn import check_durability, connect
-from core.settings import AgentSettings, redis_url_or_local
+from core.runtime.keyring_file import KeyRingFile
+from core.runtime.logging_setup import configure_logging, log_colors_from, log_format_from
+from core.runtime.redis_conn import check_durability, connect
+from core.runtime.settings import AgentSettings, redis_url_or_local
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -74,8 +74,8 @@ def agent_command(log_level: str, metrics_addr: str | None) -> None:
 
 async def _serve(settings: AgentSettings, ring: KeyRingFile, *, url: str) -> None:
     # Imported here so `provision --help` and other commands never load the daemon.
-    from agent.daemon import Agent  # noqa: PLC0415
     from agent.sandbox import reap_children_by_pidfd  # noqa: PLC0415
+    from agent.worker import Agent  # noqa: PLC0415
 
     reap_children_by_pidfd()
     client = await _connect_with_patience(url)

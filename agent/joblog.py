@@ -1,6 +1,7 @@
 """Write an installer's output to the job's log stream: redacted, batched, and capped.
 
-DESIGN §8 caps a job's log at 5 MiB or 20,000 lines, "the first and last halves kept, the
+docs/architecture.md §8 caps a job's log at 5 MiB or 20,000 lines, "the first and last halves kept,
+the
 middle counted". The head is written as it comes. Once it is full a notice line is written,
 and from then on every new line is still streamed (the operator watches the latest output
 live), while the oldest tail entries beyond the tail half are deleted (XDEL), so the stream
@@ -31,7 +32,8 @@ STREAMS = ("stdout", "stderr")
 TRUNCATED_NOTICE = (
     "[provision] output truncated: the middle of the log is dropped, the last lines follow"
 )
-# The notices are not output of the script; they go to stderr, since DESIGN §4 allows only
+# The notices are not output of the script; they go to stderr, since docs/architecture.md §4 allows
+# only
 # stdout and stderr in the `stream` field and they are about the log, not its data.
 NOTICE_STREAM = "stderr"
 # Room kept in the tail's byte budget for the final count line, whose digits are not known
@@ -288,5 +290,5 @@ class JobLogWriter:
         self._omitted_bytes += size
 
     def _fields(self, stream: str, data: bytes) -> dict[FieldT, EncodableT]:
-        """The fields of one log entry (DESIGN §4)."""
+        """The fields of one log entry (docs/architecture.md §4)."""
         return {"stream": stream, "line": data, "attempt": self._attempt}

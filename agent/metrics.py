@@ -4,7 +4,7 @@ Label values come from bounded sets only. An `app_id` label is an id of the agen
 whitelisted catalogue (`set_apps`), never a value read from a stream entry or a snapshot as
 such: anyone able to write to Redis could otherwise mint a new series per entry. A job refused
 by a check layer is counted under `app_id="unknown"`, and every reason label is one of the
-DESIGN §5 reason codes (anything else becomes "other").
+docs/architecture.md §5 reason codes (anything else becomes "other").
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from core import __version__
 from core.reasons import Reason
 from core.retry import Fail, Retry, Succeed
-from statemachine.stream_metrics import StreamCollector, StreamStats
+from statemachine.integrations.stream_metrics import StreamCollector, StreamStats
 
 UNKNOWN_APP: Final = "unknown"
 OTHER_REASON: Final = "other"
@@ -60,7 +60,7 @@ DURATION_BUCKETS_S: Final = (
 
 
 def reason_label(reason: str) -> str:
-    """`reason` when it is a DESIGN §5 reason code, else "other"."""
+    """`reason` when it is a docs/architecture.md §5 reason code, else "other"."""
     return str(reason) if str(reason) in _REASONS else OTHER_REASON
 
 

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from agent.metrics import AgentMetrics
 from core.keys import RedisKeys
-from statemachine.stream_metrics import StreamStats, read_stream_stats
+from statemachine.integrations.stream_metrics import StreamStats, read_stream_stats
 
 log = structlog.get_logger("agent.metrics")
 

@@ -1,6 +1,7 @@
 """The sandboxed runner: start an installer, stream its output, and always clean up after it.
 
-DESIGN §6, layers 5 and 6. The script runs in its own session and process group, with stdin
+docs/architecture.md §6, layers 5 and 6. The script runs in its own session and process group, with
+stdin
 from /dev/null, in `cwd`, with exactly the environment the caller built. Its output is read in
 chunks and handed over line by line to `on_line`, which is awaited, so a script that floods
 its output waits for the log writer instead of filling the agent's memory.

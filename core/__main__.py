@@ -1,5 +1,5 @@
 """`python -m core ...` runs the `provision` command (used to start child processes)."""
 
-from core.cli import main
+from core.cli.root import main
 
 main()

@@ -5,7 +5,8 @@
     ├── ManifestError            a manifest is broken (app_id, every problem)
     ├── FormError                submitted inputs are invalid (field -> message, for every field)
     ├── KeyRingError             the HMAC key file cannot be read or is malformed
-    ├── EnvelopeError            a signed job envelope is refused (reason code of DESIGN §5)
+    ├── EnvelopeError            a signed job envelope is refused (reason code of
+    docs/architecture.md §5)
     │   ├── MalformedEnvelope        not strict JSON, or fields missing / of the wrong type
     │   ├── UnknownKey               kid not in the key ring
     │   ├── BadSignature             HMAC does not match the raw bytes
@@ -64,7 +65,7 @@ class KeyRingError(ProvisionError):
 
 
 class EnvelopeError(ProvisionError):
-    """A job envelope was refused; `reason` is the DESIGN §5 reason code."""
+    """A job envelope was refused; `reason` is the docs/architecture.md §5 reason code."""
 
     reason: str = "malformed"
 
@@ -126,7 +127,8 @@ class RedisServerNotFound(RedisLaunchError):
 
 
 class JobRejected(ProvisionError):
-    """A security layer of the agent refused a job; `reason` is the DESIGN §5 reason code."""
+    """A security layer of the agent refused a job; `reason` is the docs/architecture.md §5 reason
+    code."""
 
     def __init__(
         self, reason: str, problem: str, *, errors: Mapping[str, str] | None = None

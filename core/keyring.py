@@ -1,4 +1,4 @@
-"""The HMAC key ring (DESIGN §3, §7): `kid -> secret`, oldest first, the newest signs.
+"""The HMAC key ring (docs/architecture.md §3, §7): `kid -> secret`, oldest first, the newest signs.
 
 The key file holds one `kid:secret` per line, the secret in standard base64 and at least
 32 bytes once decoded; blank lines and `#` comments are allowed. Every key verifies, only the

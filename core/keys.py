@@ -1,4 +1,4 @@
-"""Every Redis key name of DESIGN §4, in one place, under a configurable namespace."""
+"""Every Redis key name of docs/architecture.md §4, in one place, under a configurable namespace."""
 
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ class RedisKeys:
         """Hash of archive id -> the signed record of one `provision audit archive` run."""
         return f"{self.namespace}:audit:archives"
 
-    # --- access control (not in DESIGN §4's table, which predates it) ----------------------
+    # --- access control (not in docs/architecture.md §4's table, which predates it)
+    # ----------------------
 
     @property
     def users(self) -> str:
@@ -113,7 +114,8 @@ class RedisKeys:
         """Counter of one rate limit window (e.g. failed logins of one account)."""
         return f"{self.namespace}:rate:{kind}:{subject}:{window}"
 
-    # --- integrations (issue 7; not in DESIGN §4's table, which predates them) -------------
+    # --- integrations (issue 7; not in docs/architecture.md §4's table, which predates them)
+    # -------------
 
     def integration_dead(self, group: str) -> str:
         """Stream of the events an integration group gave up on (its dead letters)."""

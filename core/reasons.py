@@ -1,4 +1,4 @@
-"""Every reason code of DESIGN §5, in one place.
+"""Every reason code of docs/architecture.md §5, in one place.
 
 A failed job, and every `prov:dead` entry, carries exactly one of these. They are a
 `StrEnum`, so a member compares equal to (and serialises as) its plain string: events, the
@@ -25,7 +25,7 @@ class Reason(StrEnum):
     FINGERPRINT_MISMATCH = "fingerprint_mismatch"
     INVALID_INPUTS = "invalid_inputs"
     UNSAFE_PATH = "unsafe_path"
-    # How the script ended (DESIGN §6 exit codes).
+    # How the script ended (docs/architecture.md §6 exit codes).
     VALIDATION_ERROR = "validation_error"
     INSTALL_ERROR = "install_error"
     CONFIG_ERROR = "config_error"

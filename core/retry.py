@@ -1,4 +1,5 @@
-"""Retry policy of a job (DESIGN §2, §6): how often and how long to wait between attempts.
+"""Retry policy of a job (docs/architecture.md §2, §6): how often and how long to wait between
+attempts.
 
 `decide` is a pure function from (policy, attempt number, outcome) to a decision; the agent
 only carries it out, recording a due time in Redis for a `Retry` rather than sleeping.
@@ -129,7 +130,7 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class Fail:
-    """Move the job to `failed` with a DESIGN §5 reason code."""
+    """Move the job to `failed` with a docs/architecture.md §5 reason code."""
 
     reason: str
 

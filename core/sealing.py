@@ -1,4 +1,4 @@
-"""Sealed secrets (DESIGN §3): `password` inputs travel as AES-256-GCM ciphertext.
+"""Sealed secrets (docs/architecture.md §3): `password` inputs travel as AES-256-GCM ciphertext.
 
 Key separation: every key-ring secret is used for HMAC signing as it is, and never directly
 for anything else. Sealing and fingerprinting use keys derived from it with HKDF-SHA256, each

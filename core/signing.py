@@ -1,4 +1,5 @@
-"""Signed job envelopes (DESIGN §3): canonical bytes, HMAC-SHA256, strict verification.
+"""Signed job envelopes (docs/architecture.md §3): canonical bytes, HMAC-SHA256, strict
+verification.
 
 The panel builds an `Envelope`, serialises it once with `canonical_bytes` and signs those
 bytes with the ring's newest key. The stream entry carries exactly three fields: `envelope`
@@ -20,7 +21,8 @@ The agent verifies in this order, and trusts nothing before the HMAC matches:
 The bytes are never re-serialised to verify: two JSON encoders need not agree byte for byte,
 and the point of signing bytes is that nothing has to. `peek_job_id` is the one exception to
 "parse after verify": it reads only `job_id`, so the agent can tell which job a bad entry
-speaks for and fail that job rather than leave it stuck (DESIGN §6). Replay detection needs
+speaks for and fail that job rather than leave it stuck (docs/architecture.md §6). Replay detection
+needs
 Redis and lives in the agent.
 """
 
@@ -84,7 +86,8 @@ def signature_problem(ring: KeyRing, kid: object, payload: bytes, sig: object) -
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A job as the panel asked for it (DESIGN §3); sealed passwords stay sealed here."""
+    """A job as the panel asked for it (docs/architecture.md §3); sealed passwords stay sealed
+    here."""
 
     v: int
     job_id: str

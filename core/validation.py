@@ -1,4 +1,4 @@
-"""Validate and normalise submitted form inputs against a manifest (pure; DESIGN §2).
+"""Validate and normalise submitted form inputs against a manifest (pure; docs/architecture.md §2).
 
 The panel calls `validate_inputs` before it signs a job, and the agent calls it again against
 its own copy of the manifest, so both sides run the same code. Submitted data is hostile: any
@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from core.errors import FormError
 
 if TYPE_CHECKING:
-    from core.manifest import InputSpec, Manifest
+    from core.manifest.model import InputSpec, Manifest
 
 MAX_VALUE_BYTES: Final = 64 * 1024
 MAX_REQUEST_BYTES: Final = 1024 * 1024

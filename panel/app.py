@@ -2,7 +2,7 @@
 
 `create_app(settings)` wires everything: the job store on Redis, the key ring (re-read when
 the key file changes), the catalogue cache, templates, static files, the routes, and the
-middlewares (errors, metrics; access control plugs in at `panel.access`). Every resource is
+middlewares (errors, metrics; access control plugs in at `panel.auth.access`). Every resource is
 opened and closed in one `cleanup_ctx` generator; open SSE streams are closed on shutdown.
 """
 
@@ -23,28 +23,29 @@ from aiohttp_sse import EventSourceResponse
 
 from core.errors import KeyRingError
 from core.keyring import KeyRing
-from core.keyring_file import KeyRingFile
 from core.keys import RedisKeys
-from core.redis_conn import check_durability
-from core.settings import PanelSettings, redis_url_or_local
+from core.runtime.keyring_file import KeyRingFile
+from core.runtime.redis_conn import check_durability
+from core.runtime.settings import PanelSettings, redis_url_or_local
 from core.validation import MAX_REQUEST_BYTES
-from panel import api, appkeys, health, login, pages
-from panel.access import make_access_middleware
-from panel.catalogue_cache import CatalogueCache
-from panel.credentials import CredentialLookup
-from panel.errors import Handler, error_middleware
-from panel.headers import add_security_headers
-from panel.identity import authenticate, refuse
-from panel.jobs import JobService
-from panel.metrics import PanelMetrics
-from panel.page_cache import PageCache
-from panel.ratelimit import RateLimiter
-from panel.sessions import SessionStore
-from panel.sse import stream_job
-from panel.static_urls import install_static_urls
-from panel.submission_limits import SubmissionLimits
-from panel.tokens import TokenStore
-from panel.users import UserStore
+from panel import appkeys
+from panel.auth.access import make_access_middleware
+from panel.auth.credentials import CredentialLookup
+from panel.auth.identity import authenticate
+from panel.auth.ratelimit import RateLimiter
+from panel.auth.sessions import SessionStore
+from panel.auth.tokens import TokenStore
+from panel.auth.users import UserStore
+from panel.jobs.catalogue_cache import CatalogueCache
+from panel.jobs.service import JobService
+from panel.jobs.submission_limits import SubmissionLimits
+from panel.web import api, health, login, pages
+from panel.web.errors import Handler, error_middleware, refuse
+from panel.web.headers import add_security_headers
+from panel.web.metrics import PanelMetrics
+from panel.web.page_cache import PageCache
+from panel.web.sse import stream_job
+from panel.web.static_urls import install_static_urls
 from statemachine.store import EventStore
 
 log = structlog.get_logger("panel")

@@ -10,16 +10,16 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from core.keyring import KeyRing
-from core.settings import PanelSettings
-from panel.catalogue_cache import CatalogueCache
-from panel.credentials import CredentialLookup
-from panel.jobs import JobService
-from panel.metrics import PanelMetrics
-from panel.page_cache import PageCache
-from panel.ratelimit import RateLimiter
-from panel.sessions import SessionStore
-from panel.tokens import TokenStore
-from panel.users import UserStore
+from core.runtime.settings import PanelSettings
+from panel.auth.credentials import CredentialLookup
+from panel.auth.ratelimit import RateLimiter
+from panel.auth.sessions import SessionStore
+from panel.auth.tokens import TokenStore
+from panel.auth.users import UserStore
+from panel.jobs.catalogue_cache import CatalogueCache
+from panel.jobs.service import JobService
+from panel.web.metrics import PanelMetrics
+from panel.web.page_cache import PageCache
 
 SETTINGS = web.AppKey("settings", PanelSettings)
 USERS = web.AppKey("users", UserStore)

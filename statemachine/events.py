@@ -1,4 +1,5 @@
-"""The event model of DESIGN §5: fields, the per-job hash chain (`prev`, `hash`) and `mac`.
+"""The event model of docs/architecture.md §5: fields, the per-job hash chain (`prev`, `hash`) and
+`mac`.
 
 An event's `hash` is `sha256:` + the hex SHA-256 of the canonical JSON of the event without
 `hash` and `mac` (`v`, `at`, `attempt` as integers, `detail` as an object). `prev` is the hash

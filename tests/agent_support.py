@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
-from core.catalogue import Catalogue
 from core.keyring import KeyRing, append_new_key, load_keyring
 from core.keys import RedisKeys
+from core.runtime.catalogue import Catalogue
 from core.validation import validate_inputs
-from panel.producer import SubmittedJob, submit_job
+from panel.jobs.producer import SubmittedJob, submit_job
 from statemachine.store import EventStore, IndexJob
 
 
@@ -153,7 +153,7 @@ def agent_environ(
 
 def provision_argv(*args: str) -> list[str]:
     """argv that runs the installed `provision` command with this interpreter."""
-    return [sys.executable, "-c", "from core.cli import main; main()", *args]
+    return [sys.executable, "-c", "from core.cli.root import main; main()", *args]
 
 
 def keys_of(namespace: str) -> RedisKeys:

@@ -11,11 +11,11 @@ from aiohttp import ClientResponse, ClientSession
 from aiohttp.test_utils import TestClient
 
 from core.keys import RedisKeys
-from panel.access import Role
-from panel.login import LOGIN_COOKIE
-from panel.sessions import COOKIE_NAME
-from panel.tokens import TokenStore
-from panel.users import UserStore
+from panel.auth.access import Role
+from panel.auth.sessions import COOKIE_NAME
+from panel.auth.tokens import TokenStore
+from panel.auth.users import UserStore
+from panel.web.login import LOGIN_COOKIE
 
 TEST_PASSWORD = "correct horse battery staple"
 

@@ -21,8 +21,8 @@ import redis.asyncio
 
 from core.errors import RedisServerNotFound
 from core.keys import RedisKeys
-from core.redis_conn import connect, connect_sync
-from core.redis_launcher import RedisServer, find_redis_server, start_redis
+from core.runtime.redis_conn import connect, connect_sync
+from core.runtime.redis_launcher import RedisServer, find_redis_server, start_redis
 
 STRICT = os.environ.get("PROV_TESTS_STRICT", "") == "1"
 

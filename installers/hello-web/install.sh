@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install "Hello Web": a static page served by `python3 -m http.server` on 127.0.0.1:$PORT.
 #
-# Inputs arrive as environment variables (DESIGN §2): SITE_TITLE, PORT, GREETING,
+# Inputs arrive as environment variables (installers/README.md): SITE_TITLE, PORT, GREETING,
 # ADMIN_PASSWORD, ENABLE_BANNER, BANNER_TEXT (only when the banner is on), THEME.
-# Exit codes (DESIGN §6): 0 done, 1 validation error, 2 install error (retried), 3 config error.
+# Exit codes (installers/README.md): 0 done, 1 validation error, 2 install error (retried), 3 config error.
 #
 # Idempotent: safe to run again at any point. It installs python3 only if missing, always
 # rewrites the config and the page (atomically), and restarts the server only when the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Uninstall "Hello Web" for one PORT: stop its server and remove its files.
-# Exit codes (DESIGN §6): 0 done (also when nothing was installed), 1 validation error.
+# Exit codes (installers/README.md): 0 done (also when nothing was installed), 1 validation error.
 # python3 itself is left installed: other software may need it.
 set -euo pipefail
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install memcached (Debian package memcached) and configure it through /etc/memcached.conf.
 #
-# Inputs (DESIGN §2): LISTEN_ADDRESS (127.0.0.1|0.0.0.0), PORT, MEMORY_MB, MAX_CONNECTIONS,
+# Inputs (installers/README.md): LISTEN_ADDRESS (127.0.0.1|0.0.0.0), PORT, MEMORY_MB, MAX_CONNECTIONS,
 # ENABLE_UDP (true|false).
-# Exit codes (DESIGN §6): 0 done, 1 validation error, 2 install error (retried), 3 config error.
+# Exit codes (installers/README.md): 0 done, 1 validation error, 2 install error (retried), 3 config error.
 #
 # Idempotent: installs the package only when missing, always rewrites /etc/memcached.conf
 # (atomically, only when different), restarts memcached only when the config changed

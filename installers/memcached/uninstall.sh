@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Uninstall memcached: stop it and remove the packages this app installed. memcached keeps
 # nothing on disk; REMOVE_DATA=true also purges its config and log.
-# Exit codes (DESIGN §6): 0 done (also when nothing was installed).
+# Exit codes (installers/README.md): 0 done (also when nothing was installed).
 # shellcheck source=SCRIPTDIR/../_lib/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/../_lib/common.sh" || exit 3
 prov_init

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install nginx and serve a static site from /var/www/provision-nginx.
 #
-# Inputs (DESIGN §2): SERVER_NAME, HTTP_PORT, ENABLE_TLS, HTTPS_PORT and TLS_COMMON_NAME (only
+# Inputs (installers/README.md): SERVER_NAME, HTTP_PORT, ENABLE_TLS, HTTPS_PORT and TLS_COMMON_NAME (only
 # when TLS is on), CLIENT_MAX_BODY_SIZE_MB.
-# Exit codes (DESIGN §6): 0 done, 1 bad input, 2 temporary (apt; retried), 3 config rejected.
+# Exit codes (installers/README.md): 0 done, 1 bad input, 2 temporary (apt; retried), 3 config rejected.
 #
 # Idempotent: the package is installed only when missing; the site config is rewritten
 # atomically and only when it differs; the certificate is made only when missing or when its

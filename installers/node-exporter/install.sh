@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install the Prometheus node exporter (Debian package prometheus-node-exporter).
 #
-# Inputs (DESIGN §2): LISTEN_ADDRESS (127.0.0.1|0.0.0.0), PORT, DISABLED_COLLECTORS
+# Inputs (installers/README.md): LISTEN_ADDRESS (127.0.0.1|0.0.0.0), PORT, DISABLED_COLLECTORS
 # (comma-separated, may be empty), ENABLE_TEXTFILE (true|false).
-# Exit codes (DESIGN §6): 0 done, 1 validation error, 2 install error (retried), 3 config error.
+# Exit codes (installers/README.md): 0 done, 1 validation error, 2 install error (retried), 3 config error.
 #
 # Idempotent: installs the package only when missing, always rewrites
 # /etc/default/prometheus-node-exporter (atomically, only when different), checks the

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Uninstall the Prometheus node exporter: stop it and remove the package this app installed.
 # The text-file metrics in /var/lib/prometheus/node-exporter are kept unless REMOVE_DATA=true.
-# Exit codes (DESIGN §6): 0 done (also when nothing was installed).
+# Exit codes (installers/README.md): 0 done (also when nothing was installed).
 # shellcheck source=SCRIPTDIR/../_lib/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/../_lib/common.sh" || exit 3
 prov_init

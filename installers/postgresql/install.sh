@@ -3,8 +3,8 @@
 # Install a dedicated PostgreSQL cluster "provision" (Debian's postgresql packages) with one
 # database and its owner role. Debian's "main" cluster is never touched.
 #
-# Inputs (DESIGN §2): PORT, LISTEN_ADDRESS, DATABASE, OWNER, OWNER_PASSWORD, MAX_CONNECTIONS.
-# Exit codes (DESIGN §6): 0 done, 1 validation error, 2 install error (retried), 3 config error.
+# Inputs (installers/README.md): PORT, LISTEN_ADDRESS, DATABASE, OWNER, OWNER_PASSWORD, MAX_CONNECTIONS.
+# Exit codes (installers/README.md): 0 done, 1 validation error, 2 install error (retried), 3 config error.
 #
 # Idempotent: installs the packages only when missing, creates the cluster only when it does
 # not exist, always rewrites its settings (conf.d/provision.conf) and pg_hba.conf atomically

@@ -4,7 +4,7 @@
 # Its data (the cluster, with its databases) is kept unless REMOVE_DATA=true, which drops the
 # whole cluster (pg_dropcluster). Debian's postgresql packages stay installed: the "main"
 # cluster or others may use them.
-# Exit codes (DESIGN §6): 0 done (also when nothing was installed), 1 validation error.
+# Exit codes (installers/README.md): 0 done (also when nothing was installed), 1 validation error.
 #
 # shellcheck source=../_lib/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/../_lib/common.sh" || exit 3

@@ -2,9 +2,9 @@
 # shellcheck source-path=SCRIPTDIR
 # Install a separate Redis instance "provision-PORT", never Debian's default one (port 6379).
 #
-# Inputs (DESIGN §2): PORT, PASSWORD, MAXMEMORY_MB, EVICTION_POLICY, PERSISTENCE,
+# Inputs (installers/README.md): PORT, PASSWORD, MAXMEMORY_MB, EVICTION_POLICY, PERSISTENCE,
 # BIND_ADDRESS and BIND_CUSTOM (only when BIND_ADDRESS is "custom").
-# Exit codes (DESIGN §6): 0 done, 1 validation error, 2 install error (retried), 3 config error.
+# Exit codes (installers/README.md): 0 done, 1 validation error, 2 install error (retried), 3 config error.
 #
 # Idempotent: installs redis-server only when missing, always rewrites the instance's config
 # (atomically; "unchanged" when it is the same), restarts the instance only when the config

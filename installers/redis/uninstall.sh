@@ -3,7 +3,7 @@
 # Uninstall the Redis instance "provision-PORT": stop it and remove its config, pid file and
 # log. Its data folder (/var/lib/redis/provision-PORT) is kept unless REMOVE_DATA=true.
 # The redis-server package stays installed: Debian's default instance or others may use it.
-# Exit codes (DESIGN §6): 0 done (also when nothing was installed), 1 validation error.
+# Exit codes (installers/README.md): 0 done (also when nothing was installed), 1 validation error.
 #
 # shellcheck source=../_lib/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/../_lib/common.sh" || exit 3

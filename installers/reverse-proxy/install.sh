@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install Caddy (Debian package caddy) as a reverse proxy or a static site on one port.
 #
-# Inputs (DESIGN §2): MODE (proxy|static), LISTEN_PORT, UPSTREAM_URL (proxy only),
+# Inputs (installers/README.md): MODE (proxy|static), LISTEN_PORT, UPSTREAM_URL (proxy only),
 # SITE_NAME and SITE_TITLE (static only), SECURITY_HEADERS (true|false).
-# Exit codes (DESIGN §6): 0 done, 1 validation error, 2 install error (retried), 3 config error.
+# Exit codes (installers/README.md): 0 done, 1 validation error, 2 install error (retried), 3 config error.
 #
 # Idempotent: installs the package only when missing, always rewrites
 # /etc/caddy/provision.Caddyfile (atomically, only when different), checks it with

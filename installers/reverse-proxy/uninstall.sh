@@ -2,7 +2,7 @@
 # Uninstall the reverse proxy: stop this app's Caddy, remove its config and the packages
 # this app installed. The static sites in /var/www/provision-site (and Caddy's own data in
 # /var/lib/caddy) are kept unless REMOVE_DATA=true.
-# Exit codes (DESIGN §6): 0 done (also when nothing was installed).
+# Exit codes (installers/README.md): 0 done (also when nothing was installed).
 # shellcheck source=SCRIPTDIR/../_lib/common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/../_lib/common.sh" || exit 3
 prov_init

@@ -1,4 +1,4 @@
--- One job transition as one atomic step (DESIGN §4), or a chain of them recorded at once
+-- One job transition as one atomic step (docs/architecture.md §4), or a chain of them recorded at once
 -- (verify, validate and start, when an agent has nothing to wait for between them).
 --
 -- KEYS[1] job snapshot hash, KEYS[2] job events stream, KEYS[3] global events stream,

@@ -10,7 +10,7 @@ is 1,000,000 events. Then, `--rounds` times each:
   parsed, hashed, MAC-checked and walked through the machine, every snapshot compared;
 - verify: `audit_all(check_streams=True)`, what `provision audit verify` runs: the same plus
   every job's own stream compared with its global entries.
-Each in one process, and split over one process per core (`statemachine.audit_parallel`, what
+Each in one process, and split over one process per core (`statemachine.audit.parallel`, what
 the CLI does from 100,000 events on: verify by spans of the stream, each read once; replay by
 shares of the jobs, each process reading all of it). Finally one real `provision audit verify`
 process, start to exit. Events/s are medians; the target is at least 50,000 events/s for
@@ -28,8 +28,8 @@ import sys
 import time
 from typing import Any
 
-from statemachine.audit import audit_all, raw_entries
-from statemachine.audit_parallel import audit_in_parallel
+from statemachine.audit.auditor import audit_all, raw_entries
+from statemachine.audit.parallel import audit_in_parallel
 from tests.bench.harness import World, median, open_store, row, world
 from tests.bench.history import write_history
 

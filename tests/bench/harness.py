@@ -24,8 +24,8 @@ import redis.asyncio as aioredis
 
 from core.keyring import KeyRing
 from core.keys import RedisKeys
-from core.redis_conn import connect
-from core.redis_launcher import RedisServer, start_redis
+from core.runtime.redis_conn import connect
+from core.runtime.redis_launcher import RedisServer, start_redis
 from statemachine.store import EventStore
 from tests.agent_support import make_ring, provision_argv, wait_until, write_app
 

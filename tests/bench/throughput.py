@@ -30,9 +30,9 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from core.catalogue import Catalogue
+from core.runtime.catalogue import Catalogue
 from core.validation import validate_inputs
-from panel.producer import submit_job
+from panel.jobs.producer import submit_job
 from tests.bench.harness import (
     Process,
     World,

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from playwright.async_api import ConsoleMessage, Error, Page, ViewportSize
 
-from panel.login import LOGIN_COOKIE
+from panel.web.login import LOGIN_COOKIE
 from tests.agent_support import write_app
 
 CHROMIUM: Final = Path("/usr/bin/chromium")
@@ -187,7 +187,7 @@ class System:
             "PROV_LEASE_S": "3",
             "PROV_KILL_GRACE_S": "1",
             "PROV_SHUTDOWN_GRACE_S": "5",
-            # DESIGN section 7: `provision up` creates the `admin` user with this password.
+            # docs/architecture.md §7: `provision up` creates the `admin` user with this password.
             "PROV_ADMIN_PASSWORD": ADMIN_PASSWORD,
         }
         with self.log_path.open("ab") as log:
@@ -264,7 +264,7 @@ document.addEventListener("securitypolicyviolation", (event) => {
 
 
 # Chromium logs every document answered with an error status; the form's 422 re-render is
-# the designed answer to invalid input (DESIGN section 7), not a problem of the page.
+# the designed answer to invalid input (docs/architecture.md §7), not a problem of the page.
 EXPECTED_422: Final = re.compile(r"/apps/[a-z0-9][a-z0-9_-]*/install$")
 
 

@@ -30,9 +30,9 @@ import redis.asyncio as aioredis
 
 from core.keyring import KeyRing
 from core.keys import AGENTS_GROUP, RedisKeys
-from core.redis_conn import connect
-from core.redis_launcher import RedisServer, find_redis_server, start_redis
-from core.settings import FsyncPolicy
+from core.runtime.redis_conn import connect
+from core.runtime.redis_launcher import RedisServer, find_redis_server, start_redis
+from core.runtime.settings import FsyncPolicy
 from statemachine.events import event_from_fields
 from statemachine.machine import TERMINAL_STATES
 from statemachine.store import EventStore

@@ -1,6 +1,7 @@
 """Scenario 9: a Redis started without the append-only file.
 
-DESIGN §7: panel and agent warn loudly at start when the Redis they are given could lose
+docs/architecture.md §7: panel and agent warn loudly at start when the Redis they are given could
+lose
 acknowledged jobs. The server here is a plain `redis-server` started with `appendonly no`
 (the launcher always turns the AOF on, so it cannot make one); the real `provision panel`
 and `provision agent` processes must each log a `redis.durability_risk` warning naming
@@ -18,7 +19,7 @@ import aiohttp
 import pytest
 import redis
 
-from core.redis_launcher import find_redis_server
+from core.runtime.redis_launcher import find_redis_server
 from tests.agent_support import make_ring, wait_until, write_app
 from tests.auth_support import bearer, make_token
 from tests.chaos.redis_fault_support import (

@@ -1,7 +1,8 @@
 """Scenario 8: Redis out of memory (`maxmemory` just above current use, `noeviction`).
 
 The real `provision panel` process talks to its own real Redis. Once Redis refuses writes, a
-submission must be answered 503 with the stable JSON error shape (DESIGN §8), never a 500,
+submission must be answered 503 with the stable JSON error shape (docs/architecture.md §8), never a
+500,
 and every job the panel acknowledged must exist whole: snapshot, `submit` event in both event
 streams, index entry and queue entry, nothing else. Raising `maxmemory` again makes
 submissions work again.
@@ -20,8 +21,8 @@ from redis.exceptions import OutOfMemoryError
 
 from core.keyring import KeyRing
 from core.keys import RedisKeys
-from core.redis_conn import connect
-from core.redis_launcher import RedisServer, find_redis_server, start_redis
+from core.runtime.redis_conn import connect
+from core.runtime.redis_launcher import RedisServer, find_redis_server, start_redis
 from core.signing import peek_job_id
 from statemachine.events import event_from_fields
 from statemachine.replay import replay_job, snapshot_drift

@@ -10,10 +10,10 @@ machine (root, Debian, apt), as CI does. Run them with::
 Fixtures (from tests/installers/conftest.py, nothing to import):
 
 - ``installer_run``: an async function ``run(app_id, inputs) -> Result``. It submits a job
-  for the repo's real ``installers/<app_id>`` (``core.settings.BUNDLED_INSTALLERS_DIR``)
+  for the repo's real ``installers/<app_id>`` (``core.runtime.settings.BUNDLED_INSTALLERS_DIR``)
   through the real path: inputs validated and normalised by the manifest, the job signed
   with a fresh key ring, queued on this test's own Redis namespace (the session Redis from
-  tests/conftest.py), run by an in-process ``agent.daemon.Agent`` (one agent id per test;
+  tests/conftest.py), run by an in-process ``agent.worker.Agent`` (one agent id per test;
   started for each call and stopped once the job is terminal), and waited for until
   ``succeeded`` or ``failed``
   (``timeout_s=300`` by default, a keyword argument). Inputs you leave out take their
@@ -77,11 +77,11 @@ from typing import Protocol, cast
 import redis.asyncio as aioredis
 
 from agent.checks import sandbox_environment
-from agent.daemon import Agent
-from core.catalogue import AppEntry, Catalogue
+from agent.worker import Agent
 from core.keyring import KeyRing
 from core.keys import RedisKeys
-from core.settings import BUNDLED_INSTALLERS_DIR, AgentSettings
+from core.runtime.catalogue import AppEntry, Catalogue
+from core.runtime.settings import BUNDLED_INSTALLERS_DIR, AgentSettings
 from core.validation import validate_inputs
 from statemachine.events import Event
 from statemachine.store import EventStore

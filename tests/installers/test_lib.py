@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import BUNDLED_INSTALLERS_DIR
+from core.runtime.settings import BUNDLED_INSTALLERS_DIR
 
 LIB = BUNDLED_INSTALLERS_DIR / "_lib" / "common.sh"
 SYSTEMD = Path("/run/systemd/system").is_dir()

@@ -30,15 +30,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
 from core.keys import RedisKeys
-from core.settings import PanelSettings
+from core.runtime.settings import PanelSettings
 from panel import appkeys
-from panel import users as panel_users
-from panel.access import ROUTE_PERMISSIONS, Permission, Role
 from panel.app import create_app
-from panel.pages import MAX_FORM_FIELDS
-from panel.sessions import COOKIE_NAME
-from panel.tokens import TokenStore, token_hash
-from panel.users import UserStore
+from panel.auth import users as panel_users
+from panel.auth.access import ROUTE_PERMISSIONS, Permission, Role
+from panel.auth.sessions import COOKIE_NAME
+from panel.auth.tokens import TokenStore, token_hash
+from panel.auth.users import UserStore
+from panel.web.pages import MAX_FORM_FIELDS
 from tests.agent_support import make_ring, write_app
 from tests.auth_support import (
     CSRF_INPUT,

@@ -30,14 +30,14 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import ClientResponse
 
-from agent.daemon import Agent
-from core.logging_setup import configure_logging
-from core.redis_launcher import start_redis
-from core.settings import AgentSettings
+from agent.worker import Agent
+from core.runtime.logging_setup import configure_logging
+from core.runtime.redis_launcher import start_redis
+from core.runtime.settings import AgentSettings
 from panel import appkeys
-from panel.access import Role
-from panel.login import FORM_EXPIRED, LOGIN_COOKIE, LOGIN_FORM_MAX_S, form_token
-from panel.sessions import COOKIE_NAME
+from panel.auth.access import Role
+from panel.auth.sessions import COOKIE_NAME
+from panel.web.login import FORM_EXPIRED, LOGIN_COOKIE, LOGIN_FORM_MAX_S, form_token
 from tests.agent_support import agent_environ, wait_until, write_app
 from tests.auth_support import TEST_PASSWORD, LoginForm, bearer, login_form_of
 from tests.integration import test_access as shared

@@ -17,13 +17,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from agent.daemon import Agent
 from agent.joblog import JobLogWriter
-from agent.jobs import JobProcessor
-from core.catalogue import Catalogue
+from agent.processor import JobProcessor
+from agent.worker import Agent
 from core.keyring import KeyRing
 from core.keys import AGENTS_GROUP
-from core.settings import AgentSettings
+from core.runtime.catalogue import Catalogue
+from core.runtime.settings import AgentSettings
 from core.signing import canonical_bytes, sign
 from statemachine.replay import replay_job, snapshot_drift
 from statemachine.store import AppendEntry, EventStore, IndexJob, ScheduleRetry

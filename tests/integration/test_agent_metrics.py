@@ -20,10 +20,10 @@ from agent.metrics_server import start_metrics_server
 from core.keys import AGENTS_GROUP
 from core.reasons import Reason
 from core.retry import Fail
-from core.settings import PanelSettings
+from core.runtime.settings import PanelSettings
 from panel.app import create_app
-from statemachine.consumer import EventConsumer
-from statemachine.stream_metrics import read_stream_stats
+from statemachine.integrations.consumer import EventConsumer
+from statemachine.integrations.stream_metrics import read_stream_stats
 from tests.agent_support import (
     agent_environ,
     provision_argv,

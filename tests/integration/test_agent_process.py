@@ -167,7 +167,7 @@ async def test_the_agent_survives_redis_restarts_and_a_waiting_retry_runs_after_
     import redis.asyncio as aioredis
 
     from core.keys import RedisKeys
-    from core.redis_launcher import start_redis
+    from core.runtime.redis_launcher import start_redis
 
     data = tmp_path / "redis-data"
     server = start_redis(data, fsync="always")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from statemachine.export import export_events
+from statemachine.audit.export import export_events
 from statemachine.store import EventStore, IndexJob
 from tests.agent_support import make_ring
 from tests.integration.test_audit_cli import audit

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from panel.jobs import CannotCancel, JobService
-from statemachine.audit import JobAudit, audit_all
+from panel.jobs.service import CannotCancel, JobService
+from statemachine.audit.auditor import JobAudit, audit_all
 from statemachine.store import EventStore
 from tests.agent_support import submit, wait_until, write_app
 from tests.integration.test_audit_cli import audit

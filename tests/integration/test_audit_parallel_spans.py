@@ -15,9 +15,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from core.keyring import KeyRing
-from statemachine.archive import archive_history
-from statemachine.audit import AuditSummary, audit_all
-from statemachine.audit_parallel import audit_by_spans, audit_in_parallel, stream_spans
+from statemachine.audit.archive import archive_history
+from statemachine.audit.auditor import AuditSummary, audit_all
+from statemachine.audit.parallel import audit_by_spans, audit_in_parallel, stream_spans
 from statemachine.store import EventStore, IndexJob
 
 pytestmark = pytest.mark.redis

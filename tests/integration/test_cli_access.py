@@ -1,6 +1,6 @@
 """`provision users|tokens` as an administrator types them, against a real Redis.
 
-Each command runs as a real subprocess (`python -c "from core.cli import main; main()"`)
+Each command runs as a real subprocess (`python -c "from core.cli.root import main; main()"`)
 with `PROV_REDIS_URL` and this test's own `PROV_NAMESPACE`; passwords go in on standard
 input. Results are checked through `UserStore` and `TokenStore`, as the panel would see them.
 The first tests check the pure pieces (expiry parsing, password lines) without a server.
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from panel.access import Role
-from panel.cli_access import expiry_ms, password_from_line, without_credentials
-from panel.tokens import TokenStore
-from panel.users import UserStore
+from panel.auth.access import Role
+from panel.auth.tokens import TokenStore
+from panel.auth.users import UserStore
+from panel.cli.access import expiry_ms, password_from_line, without_credentials
 
 PASSWORD = "correct horse battery staple"
 OTHER_PASSWORD = "another long enough passphrase"
@@ -82,7 +82,7 @@ Provision = Callable[..., Awaitable[Result]]
 
 
 def cli_argv(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from core.cli import main; main()", *args]
+    return [sys.executable, "-c", "from core.cli.root import main; main()", *args]
 
 
 @pytest.fixture

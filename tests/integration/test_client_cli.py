@@ -20,11 +20,11 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from agent.daemon import Agent
+from agent.worker import Agent
 from core.keyring import KeyRing
-from core.settings import AgentSettings, ClientSettings, PanelSettings
+from core.runtime.settings import AgentSettings, ClientSettings, PanelSettings
 from panel.app import create_app
-from panel.client import PanelError, SSEParser, token_of
+from panel.client.panel_client import PanelError, SSEParser, token_of
 from tests.agent_support import agent_environ, make_ring, wait_until, write_app
 from tests.auth_support import bearer, make_token
 
@@ -209,7 +209,7 @@ def cli_env(tmp_path: Path, panel_url: str) -> dict[str, str]:
 
 
 def cli_argv(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from core.cli import main; main()", *args]
+    return [sys.executable, "-c", "from core.cli.root import main; main()", *args]
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from statemachine.consumer import EventConsumer, EventFilter, Undeliverable
+from statemachine.integrations.consumer import EventConsumer, EventFilter, Undeliverable
 from statemachine.store import EventStore
 from tests.keyring_fixtures import ring_of
 

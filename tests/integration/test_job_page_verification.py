@@ -6,7 +6,7 @@ from html import unescape
 
 import pytest
 
-from statemachine.archive_record import ArchiveRecord, archive_pointer, save_archive_record
+from statemachine.audit.archive_record import ArchiveRecord, archive_pointer, save_archive_record
 from statemachine.store import EventStore
 from tests.integration.test_panel_pages import (  # noqa: F401 - fixtures used by name
     installers,

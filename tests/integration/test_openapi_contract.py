@@ -18,9 +18,9 @@ import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, settings
 
-from core.settings import PanelSettings
+from core.runtime.settings import PanelSettings
 from panel.app import create_app
-from panel.openapi import openapi_document
+from panel.web.openapi import openapi_document
 from tests.agent_support import make_ring, write_app
 from tests.auth_support import bearer, make_token
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from core.redis_launcher import start_redis
-from core.settings import PanelSettings
+from core.runtime.redis_launcher import start_redis
+from core.runtime.settings import PanelSettings
 from panel.app import create_app
 from tests.agent_support import make_ring, write_app
 from tests.auth_support import bearer, make_token

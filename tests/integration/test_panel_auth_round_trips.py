@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from panel.access import Role
-from panel.tokens import token_hash
+from panel.auth.access import Role
+from panel.auth.tokens import token_hash
 from tests.agent_support import write_app
 from tests.auth_support import bearer
 from tests.integration import test_access as shared

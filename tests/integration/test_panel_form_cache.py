@@ -10,7 +10,7 @@ from html import unescape
 
 import pytest
 
-from panel.access import Role
+from panel.auth.access import Role
 from tests.agent_support import wait_until, write_app
 from tests.integration import test_access as shared
 from tests.integration.test_access import APP, CSRF_INPUT, Browser

@@ -22,10 +22,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from core.keyring import KeyRing
 from core.reasons import Reason
-from core.settings import PanelSettings
+from core.runtime.settings import PanelSettings
 from panel import appkeys
 from panel.app import create_app
-from panel.job_display import FAILURE_HELP
+from panel.web.job_display import FAILURE_HELP
 from statemachine.store import EventStore, ScheduleRetry
 from tests.agent_support import write_app
 from tests.auth_support import bearer, make_token
@@ -701,7 +701,7 @@ async def test_jobs_page_filters_by_utc_day(panel):
 
 
 async def test_jobs_page_paginates_with_an_older_link(panel, monkeypatch):
-    monkeypatch.setattr("panel.pages.JOBS_PER_PAGE", 2)
+    monkeypatch.setattr("panel.web.pages.JOBS_PER_PAGE", 2)
     ids = [await submitted_job(panel) for _ in range(3)]
     _, html = await page(panel, f"/jobs?app={SINK}")
     older = re.search(r'<a class="button" href="([^"]+)" rel="next">Older', html)

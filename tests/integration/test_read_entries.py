@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from core.keys import AGENTS_GROUP
-from core.redis_conn import connect
-from core.redis_launcher import bundled_redis_server, start_redis
+from core.runtime.redis_conn import connect
+from core.runtime.redis_launcher import bundled_redis_server, start_redis
 from statemachine.store import EventStore, Step
 from tests.agent_support import create_queued_job
 

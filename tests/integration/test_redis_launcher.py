@@ -15,10 +15,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from core import redis_launcher
 from core.errors import RedisLaunchError, RedisServerNotFound, SettingsError
-from core.redis_conn import connect_sync
-from core.redis_launcher import (
+from core.runtime import redis_launcher
+from core.runtime.redis_conn import connect_sync
+from core.runtime.redis_launcher import (
     AOF_DIR_V7,
     MAX_SOCKET_PATH_BYTES,
     PID_FILE,
@@ -28,7 +28,7 @@ from core.redis_launcher import (
     find_redis_server,
     start_redis,
 )
-from core.settings import CommonSettings, redis_url_or_local
+from core.runtime.settings import CommonSettings, redis_url_or_local
 
 pytestmark = pytest.mark.redis
 

@@ -12,9 +12,9 @@ import asyncio
 
 import pytest
 
-from core.settings import PanelSettings
+from core.runtime.settings import PanelSettings
 from panel import appkeys
-from panel.access import Role
+from panel.auth.access import Role
 from tests.auth_support import bearer
 from tests.integration import test_access as shared
 from tests.integration.test_access import APP, Panel

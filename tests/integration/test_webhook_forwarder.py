@@ -22,16 +22,16 @@ import pytest
 from aiohttp import web
 
 from core.keys import RedisKeys
-from core.redis_conn import connect
-from core.redis_launcher import find_redis_server, start_redis
+from core.runtime.redis_conn import connect
+from core.runtime.redis_launcher import find_redis_server, start_redis
 from statemachine.events import Event, event_from_fields
+from statemachine.integrations.webhook.deadletter import Burial, DeadLetters, Pending
+from statemachine.integrations.webhook.forwarder import Forwarder as WebhookForwarder
+from statemachine.integrations.webhook.options import ForwarderOptions
+from statemachine.integrations.webhook.policy import Outcome, RetryPolicy
+from statemachine.integrations.webhook.sender import WebhookSender
+from statemachine.integrations.webhook.signature import verify_signature
 from statemachine.store import EventStore
-from statemachine.webhook.deadletter import Burial, DeadLetters, Pending
-from statemachine.webhook.forwarder import Forwarder as WebhookForwarder
-from statemachine.webhook.options import ForwarderOptions
-from statemachine.webhook.policy import Outcome, RetryPolicy
-from statemachine.webhook.sender import WebhookSender
-from statemachine.webhook.signature import verify_signature
 from tests.agent_support import provision_argv, wait_until
 from tests.keyring_fixtures import ring_of
 

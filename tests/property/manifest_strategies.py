@@ -12,7 +12,8 @@ import yaml
 from hypothesis import strategies as st
 
 from core.errors import ManifestError
-from core.manifest import INPUT_TYPES, Manifest, parse_manifest
+from core.manifest.model import INPUT_TYPES, Manifest
+from core.manifest.parse import parse_manifest
 from tests.property.strategies import ANY, HUGE_INTS, ODD_TEXT
 
 SAFE_PATTERNS = ["[a-z]+", "[0-9a-f]{1,8}", "[A-Za-z0-9._-]*", "x|y|z", "[^,]{0,10}"]

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from hypothesis import strategies as st
 
-from core.manifest import INPUT_TYPES
+from core.manifest.model import INPUT_TYPES
 
 ODD_TEXT = st.sampled_from(
     [

@@ -35,12 +35,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from agent.daemon import Agent
+from agent.worker import Agent
 from core.keyring import KeyRing
 from core.keys import RedisKeys
-from core.redis_conn import connect, connect_sync
-from core.redis_launcher import RedisServer, find_redis_server, start_redis
-from core.settings import AgentSettings
+from core.runtime.redis_conn import connect, connect_sync
+from core.runtime.redis_launcher import RedisServer, find_redis_server, start_redis
+from core.runtime.settings import AgentSettings
 from statemachine.events import event_from_fields
 from statemachine.machine import TERMINAL_STATES
 from statemachine.replay import replay_events, snapshot_drift

@@ -1,7 +1,8 @@
 """Fuzzing the manifest loader: any bytes give a Manifest or a ManifestError, quickly.
 
 The catalogue loads every folder under installers/, and a broken manifest must never break
-it (DESIGN §2): `parse_manifest` may raise ManifestError and nothing else, `load_app` and
+it (docs/architecture.md §2): `parse_manifest` may raise ManifestError and nothing else, `load_app`
+and
 `Catalogue.load` raise nothing at all, and no input costs more than 100 ms of CPU.
 """
 
@@ -14,9 +15,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from core.catalogue import Catalogue, load_app
 from core.errors import FormError, ManifestError
-from core.manifest import MAX_NESTING_DEPTH, Manifest, parse_manifest
+from core.manifest.model import MAX_NESTING_DEPTH, Manifest
+from core.manifest.parse import parse_manifest
+from core.runtime.catalogue import Catalogue, load_app
 from core.validation import validate_inputs
 from tests.property.strategies import ANY_MANIFEST_BYTES, billion_laughs
 from tests.property.timing import timed

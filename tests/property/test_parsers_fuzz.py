@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from core.errors import EnvelopeError, KeyRingError, TamperError
 from core.keyring import KeyRing, parse_keyring
-from core.regex_safety import UnsafePatternError, check_pattern
+from core.manifest.regex_safety import UnsafePatternError, check_pattern
 from core.signing import peek_job_id, read_stream_fields, sign, verify_envelope
 from core.strict_json import StrictJSONError, strict_loads
 from statemachine.events import FIELD_NAMES, Event, event_from_fields, integrity_problems, new_event

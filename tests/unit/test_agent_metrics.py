@@ -10,8 +10,8 @@ from core import __version__
 from core.errors import SettingsError
 from core.reasons import Reason
 from core.retry import Fail, Retry, Succeed
-from core.settings import AgentSettings
-from statemachine.stream_metrics import GroupStats, StreamStats
+from core.runtime.settings import AgentSettings
+from statemachine.integrations.stream_metrics import GroupStats, StreamStats
 
 
 def metrics_with(*apps: str) -> AgentMetrics:

@@ -1,4 +1,4 @@
-"""Loading the catalogue of apps from installers/ (DESIGN §2)."""
+"""Loading the catalogue of apps from installers/ (docs/architecture.md §2)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.catalogue import Catalogue, load_app
-from core.manifest import app_fingerprint
+from core.manifest.model import app_fingerprint
+from core.runtime.catalogue import Catalogue, load_app
 
 GOOD_MANIFEST = """\
 id: {app_id}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.catalogue import load_app
+from core.runtime.catalogue import load_app
 from tests.unit.test_catalogue import GOOD_MANIFEST, make_app
 
 

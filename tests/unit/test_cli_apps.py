@@ -1,4 +1,4 @@
-"""`provision apps list|check` (DESIGN §7)."""
+"""`provision apps list|check` (docs/architecture.md §7)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from core.cli import main
-from core.cli_apps import apps
+from core.cli.apps import apps
+from core.cli.root import main
 
 REPO_INSTALLERS = Path(__file__).resolve().parents[2] / "installers"
 

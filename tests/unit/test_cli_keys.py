@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from core.cli import ENTRY_POINT_GROUP
-from core.cli_keys import keys
+from core.cli.keys import keys
+from core.cli.root import ENTRY_POINT_GROUP
 from core.keyring import load_keyring
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from core.settings import AgentSettings, PanelSettings
+from core.runtime.settings import AgentSettings, PanelSettings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -373,7 +373,7 @@ def test_the_env_examples_are_valid_settings_that_agree_with_the_units():
 
 def test_every_variable_the_env_examples_name_is_one_the_program_reads():
     # The settings, and the two commands' own options (PROV_LOG_LEVEL is a click envvar).
-    sources = ("core/settings.py", "panel/cli.py", "agent/cli.py")
+    sources = ("core/runtime/settings.py", "panel/cli/serve.py", "agent/cli.py")
     read = "".join((REPO / source).read_text(encoding="utf-8") for source in sources)
     for path in (PANEL_ENV, AGENT_ENV):
         names = set(env_file(path)) | commented_names(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import SettingsError
-from core.settings import AgentSettings
+from core.runtime.settings import AgentSettings
 
 
 def test_lease_renewal_is_on_unless_the_test_switch_is_set():

@@ -1,4 +1,4 @@
-"""Strict parsing of manifest.yml (DESIGN §2)."""
+"""Strict parsing of manifest.yml (docs/architecture.md §2)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import pytest
 import yaml
 
 from core.errors import ManifestError
-from core.manifest import (
+from core.manifest.model import (
     DEFAULT_SCRIPT,
     InputSpec,
     Manifest,
     app_fingerprint,
     is_reserved_name,
     is_valid_app_id,
-    parse_manifest,
 )
+from core.manifest.parse import parse_manifest
 from core.retry import RetryPolicy
 
 DESIGN_EXAMPLE = b"""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from panel.static_urls import StaticUrls
+from panel.web.static_urls import StaticUrls
 
 
 def static_app(folder: Path) -> web.Application:

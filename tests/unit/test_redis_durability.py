@@ -1,4 +1,4 @@
-"""Warnings about a Redis that could lose acknowledged jobs (DESIGN §7)."""
+"""Warnings about a Redis that could lose acknowledged jobs (docs/architecture.md §7)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import structlog
 from structlog.testing import capture_logs
 
 from core.errors import RedisServerNotFound
-from core.redis_conn import check_durability, connect, durability_problems
-from core.redis_launcher import find_redis_server, start_redis
+from core.runtime.redis_conn import check_durability, connect, durability_problems
+from core.runtime.redis_launcher import find_redis_server, start_redis
 
 SAFE = {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"}
 

@@ -6,7 +6,12 @@ import re
 
 import pytest
 
-from core.regex_safety import MAX_PATTERN_LENGTH, UnsafePatternError, check_pattern, is_safe_pattern
+from core.manifest.regex_safety import (
+    MAX_PATTERN_LENGTH,
+    UnsafePatternError,
+    check_pattern,
+    is_safe_pattern,
+)
 
 NESTED_QUANTIFIERS = [
     r"(a+)+",

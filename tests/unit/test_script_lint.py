@@ -1,4 +1,4 @@
-"""The script linter behind `provision apps check` (core/script_lint.py)."""
+"""The script linter behind `provision apps check` (core/cli/script_lint.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from core import script_lint
-from core.manifest import parse_manifest
-from core.script_lint import (
+from core.cli import script_lint
+from core.cli.file_modes import file_mode_problems
+from core.cli.script_lint import (
     SHELLCHECK_MISSING,
     app_script_problems,
-    file_mode_problems,
     find_shellcheck,
     input_usage_problems,
     library_problems,
@@ -22,6 +21,7 @@ from core.script_lint import (
     variables_set,
     xtrace_problems,
 )
+from core.manifest.parse import parse_manifest
 
 SHELLCHECK = find_shellcheck()
 needs_shellcheck = pytest.mark.skipif(SHELLCHECK is None, reason=SHELLCHECK_MISSING)
@@ -376,8 +376,8 @@ def test_a_self_default_or_a_quoted_mention_does_not_provide_a_variable():
 
 
 def test_uninstall_may_read_remove_data_but_install_may_not() -> None:
-    from core.manifest import parse_manifest
-    from core.script_lint import input_usage_problems
+    from core.cli.script_lint import input_usage_problems
+    from core.manifest.parse import parse_manifest
 
     manifest = parse_manifest(b"id: app\nname: App\nversion: '1'\n", folder_name="app")
     script = 'if [ "${REMOVE_DATA:-false}" = true ]; then rm -rf /var/lib/app; fi\n'

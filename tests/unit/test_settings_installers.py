@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.settings import BUNDLED_INSTALLERS_DIR, CommonSettings, default_installers_dir
+from core.runtime.settings import BUNDLED_INSTALLERS_DIR, CommonSettings, default_installers_dir
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -345,7 +345,7 @@ def test_peek_reads_the_job_id_without_a_key():
 
 
 def test_peek_reads_the_job_id_of_an_otherwise_invalid_envelope():
-    # The agent must be able to fail the job a bad entry speaks for (DESIGN §6).
+    # The agent must be able to fail the job a bad entry speaks for (docs/architecture.md §6).
     assert peek_job_id(b'{"job_id":"' + JOB_ID.encode() + b'","v":true}') == JOB_ID
 
 

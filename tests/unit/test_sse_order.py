@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from panel.sse import _order_key
+from panel.web.sse import _order_key
 
 
 def order(*messages: tuple[str, str, str]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from argon2 import PasswordHasher
 
 from core.keys import RedisKeys
-from panel.users import _DUMMY_HASH, UserStore, _same_parameters
+from panel.auth.users import _DUMMY_HASH, UserStore, _same_parameters
 
 
 class CountingHasher(PasswordHasher):

@@ -1,4 +1,4 @@
-"""Validation and normalisation of submitted inputs (DESIGN §2)."""
+"""Validation and normalisation of submitted inputs (docs/architecture.md §2)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import FormError
-from core.manifest import Manifest, parse_manifest
+from core.manifest.model import Manifest
+from core.manifest.parse import parse_manifest
 from core.validation import MAX_REQUEST_BYTES, MAX_VALUE_BYTES, to_env, validate_inputs
 
 SECRET = "correct-horse-battery-staple"

@@ -8,7 +8,7 @@ from email.utils import format_datetime
 import pytest
 
 from core.keys import RedisKeys
-from statemachine.webhook.options import (
+from statemachine.integrations.webhook.options import (
     WebhookConfigError,
     check_group,
     check_url,
@@ -16,7 +16,7 @@ from statemachine.webhook.options import (
     read_secret_file,
     redact_url,
 )
-from statemachine.webhook.policy import (
+from statemachine.integrations.webhook.policy import (
     Bury,
     Delivered,
     Outcome,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from statemachine.webhook.signature import signature_header, verify_signature
+from statemachine.integrations.webhook.signature import signature_header, verify_signature
 
 SECRET = b"whsec-test-0123456789abcdef"
 BODY = b'{"event_id":"01JABC","trigger":"succeed"}'
