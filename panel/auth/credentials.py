@@ -20,7 +20,7 @@ from panel.auth.users import StoredUser, stored_user
 
 
 def _script_text() -> str:
-    return files("panel").joinpath("lua", "authenticate.lua").read_text(encoding="utf-8")
+    return files("panel.auth").joinpath("lua", "authenticate.lua").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
