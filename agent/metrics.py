@@ -18,6 +18,7 @@ from core import __version__
 from core.reasons import Reason
 from core.retry import Fail, Retry, Succeed
 from statemachine.integrations.stream_metrics import StreamCollector, StreamStats
+from statemachine.machine import FAILED, SUCCEEDED
 
 UNKNOWN_APP: Final = "unknown"
 OTHER_REASON: Final = "other"
@@ -135,7 +136,7 @@ class AgentMetrics:
     def decided(self, app_id: str, decision: Succeed | Retry | Fail) -> None:
         """Count a recorded decision about a job of `app_id` (read from its snapshot)."""
         if isinstance(decision, Succeed):
-            self.jobs.labels(self.app_label(app_id), "succeeded", "").inc()
+            self.jobs.labels(self.app_label(app_id), SUCCEEDED, "").inc()
         elif isinstance(decision, Retry):
             self.retries.labels(self.app_label(app_id), reason_label(decision.reason)).inc()
         elif decision.reason in REJECTION_REASONS:
@@ -143,14 +144,14 @@ class AgentMetrics:
         elif decision.reason == Reason.CANCELLED:
             self.jobs.labels(self.app_label(app_id), "cancelled", Reason.CANCELLED).inc()
         else:
-            self.jobs.labels(self.app_label(app_id), "failed", reason_label(decision.reason)).inc()
+            self.jobs.labels(self.app_label(app_id), FAILED, reason_label(decision.reason)).inc()
 
     def rejected(self, reason: str, *, job_ended: bool) -> None:
         """Count a refusal; `job_ended` when it also failed a job (not just a dead letter)."""
         label = reason_label(reason)
         self.rejections.labels(label).inc()
         if job_ended:
-            self.jobs.labels(UNKNOWN_APP, "failed", label).inc()
+            self.jobs.labels(UNKNOWN_APP, FAILED, label).inc()
 
     def started(self, app_id: str) -> None:
         """Count an installer run that starts now."""

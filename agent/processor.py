@@ -49,6 +49,7 @@ from statemachine.machine import (
     TERMINAL_STATES,
     VALIDATED,
     VERIFIED,
+    Trigger,
 )
 from statemachine.store import (
     AckEntry,
@@ -219,7 +220,7 @@ class JobProcessor:
                 return
         applied = await self._steps.transition(
             job_id,
-            "verify",
+            Trigger.VERIFY,
             QUEUED,
             entry_id=entry_id,
             detail={"entry_id": entry_id, "kid": kid},
@@ -261,12 +262,12 @@ class JobProcessor:
                 return False
             steps = [
                 Step(
-                    "verify",
+                    Trigger.VERIFY,
                     {"entry_id": entry_id, "kid": kid},
                     effects=[SetJobFields({"entry_id": entry_id})],
                 ),
-                Step("validate"),
-                Step("start", {"entry_id": entry_id, "script": manifest.script}, attempt),
+                Step(Trigger.VALIDATE),
+                Step(Trigger.START, {"entry_id": entry_id, "script": manifest.script}, attempt),
             ]
             try:
                 # Built once, so that a resend after a lost answer sends the same events.
@@ -279,10 +280,10 @@ class JobProcessor:
                     known=snapshot,
                 )
                 applied = await self._steps.through_outages(
-                    lambda: self._store.apply(prepared), "start"
+                    lambda: self._store.apply(prepared), Trigger.START
                 )
             except TransitionError as error:
-                log.info("job.transition_lost", trigger="start", problem=str(error))
+                log.info("job.transition_lost", trigger=Trigger.START, problem=str(error))
                 return None
             await self._run_started(job_id, entry_id, checked, attempt, applied.snapshot)
         return True
@@ -365,7 +366,7 @@ class JobProcessor:
             return
         if state == VERIFIED:
             applied = await self._steps.transition(
-                job_id, "validate", VERIFIED, entry_id=entry_id, known=snapshot
+                job_id, Trigger.VALIDATE, VERIFIED, entry_id=entry_id, known=snapshot
             )
             if applied is None:
                 return
@@ -432,7 +433,7 @@ class JobProcessor:
             )
             started = await self._steps.transition(
                 job_id,
-                "start",
+                Trigger.START,
                 state,
                 entry_id=entry_id,
                 attempt=attempt,
@@ -568,7 +569,13 @@ class JobProcessor:
         """The decision's transition, with `effects` (the log's last lines and the ACK)."""
         if isinstance(decision, Succeed):
             return await self._steps.transition(
-                job_id, "succeed", state, entry_id=entry_id, detail=extra, effects=effects, **run
+                job_id,
+                Trigger.SUCCEED,
+                state,
+                entry_id=entry_id,
+                detail=extra,
+                effects=effects,
+                **run,
             )
         if isinstance(decision, Retry):
             next_retry_at = int((self._clock_s() + decision.delay_s) * 1000)
@@ -577,7 +584,7 @@ class JobProcessor:
             )
             return await self._steps.transition(
                 job_id,
-                "retry",
+                Trigger.RETRY,
                 state,
                 entry_id=entry_id,
                 detail=extra,
@@ -585,7 +592,7 @@ class JobProcessor:
                 **run,
             )
         extra["reason"] = str(decision.reason)
-        trigger = "cancel" if decision.reason == Reason.CANCELLED else "fail"
+        trigger = Trigger.CANCEL if decision.reason == Reason.CANCELLED else Trigger.FAIL
         return await self._steps.transition(
             job_id, trigger, state, entry_id=entry_id, detail=extra, effects=effects, **run
         )

@@ -37,7 +37,7 @@ from core.retry import Fail
 from core.runtime.catalogue import Catalogue
 from core.runtime.settings import AgentSettings
 from core.text import as_text
-from statemachine.machine import RETRY_WAIT
+from statemachine.machine import QUEUED, RETRY_WAIT, TERMINAL_STATES_RAW, Trigger
 from statemachine.store import EventStore, Unschedule, now_ms
 
 log = structlog.get_logger("agent")
@@ -447,7 +447,7 @@ class Agent:
         try:
             applied = await self._store.transition(
                 job_id,
-                "cancel",
+                Trigger.CANCEL,
                 actor=f"agent:{self._consumer}",
                 expect_state=RETRY_WAIT,
                 detail={"reason": Reason.CANCELLED},
@@ -463,7 +463,7 @@ class Agent:
         try:
             applied = await self._store.transition(
                 job_id,
-                "fail",
+                Trigger.FAIL,
                 actor=f"agent:{self._consumer}",
                 expect_state=RETRY_WAIT,
                 detail={"reason": Reason.MALFORMED, "problem": why},
@@ -509,16 +509,16 @@ class Agent:
                     pipe.hmget(self._keys.job(as_text(raw)), ["state", "expires_at"])
                 rows = cast(list[list[bytes | None]], await pipe.execute()) if ids else []
             for (raw, score), (state, expires_at) in zip(page, rows, strict=True):
-                if state is not None and state not in (b"succeeded", b"failed"):
+                if state is not None and state not in TERMINAL_STATES_RAW:
                     oldest_open = min(oldest_open, int(score))
-                if state != b"queued" or not expires_at or int(expires_at) >= now:
+                if state != QUEUED.encode() or not expires_at or int(expires_at) >= now:
                     continue
                 try:
                     await self._store.transition(
                         as_text(raw),
-                        "fail",
+                        Trigger.FAIL,
                         actor=f"agent:{self._consumer}",
-                        expect_state="queued",
+                        expect_state=QUEUED,
                         expect_fields={"entry_id": ""},
                         detail={"reason": Reason.EXPIRED, "problem": "no agent took it in time"},
                     )

@@ -17,34 +17,75 @@ exist yet, which is also the `src` of every job's first event. The graph is data
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
 
 from transitions import Machine, MachineError
 
 from core.errors import IllegalTransition
 
-NO_STATE: Final = ""
-QUEUED: Final = "queued"
-VERIFIED: Final = "verified"
-VALIDATED: Final = "validated"
-RUNNING: Final = "running"
-RETRY_WAIT: Final = "retry_wait"
-SUCCEEDED: Final = "succeeded"
-FAILED: Final = "failed"
 
-STATES: Final = (QUEUED, VERIFIED, VALIDATED, RUNNING, RETRY_WAIT, SUCCEEDED, FAILED)
+class JobState(StrEnum):
+    """A job's state. A `str` enum: a member equals, and is stored as, its plain value."""
+
+    QUEUED = "queued"
+    VERIFIED = "verified"
+    VALIDATED = "validated"
+    RUNNING = "running"
+    RETRY_WAIT = "retry_wait"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Trigger(StrEnum):
+    """What moves a job from one state to the next."""
+
+    SUBMIT = "submit"
+    VERIFY = "verify"
+    VALIDATE = "validate"
+    START = "start"
+    SUCCEED = "succeed"
+    RETRY = "retry"
+    FAIL = "fail"
+    CANCEL = "cancel"
+
+
+# The empty state: a job that does not exist yet (the `src` of every job's first event).
+NO_STATE: Final = ""
+QUEUED: Final = JobState.QUEUED
+VERIFIED: Final = JobState.VERIFIED
+VALIDATED: Final = JobState.VALIDATED
+RUNNING: Final = JobState.RUNNING
+RETRY_WAIT: Final = JobState.RETRY_WAIT
+SUCCEEDED: Final = JobState.SUCCEEDED
+FAILED: Final = JobState.FAILED
+
+STATES: Final = tuple(JobState)
 TERMINAL_STATES: Final = frozenset({SUCCEEDED, FAILED})
 ACTIVE_STATES: Final = (QUEUED, VERIFIED, VALIDATED, RUNNING, RETRY_WAIT)
+# The same states as bytes, for code that compares raw Redis answers.
+TERMINAL_STATES_RAW: Final = frozenset(state.encode() for state in TERMINAL_STATES)
+
+
+def _plain(states: tuple[JobState, ...] | JobState | str) -> str | list[str]:
+    # `transitions` treats Enum members as named states: hand it the plain values.
+    if isinstance(states, tuple):
+        return [str(state.value) for state in states]
+    return states.value if isinstance(states, JobState) else states
+
 
 TRANSITIONS: Final[list[dict[str, str | list[str]]]] = [
-    {"trigger": "submit", "source": NO_STATE, "dest": QUEUED},
-    {"trigger": "verify", "source": QUEUED, "dest": VERIFIED},
-    {"trigger": "validate", "source": VERIFIED, "dest": VALIDATED},
-    {"trigger": "start", "source": [VALIDATED, RETRY_WAIT], "dest": RUNNING},
-    {"trigger": "succeed", "source": RUNNING, "dest": SUCCEEDED},
-    {"trigger": "retry", "source": RUNNING, "dest": RETRY_WAIT},
-    {"trigger": "fail", "source": list(ACTIVE_STATES), "dest": FAILED},
-    {"trigger": "cancel", "source": list(ACTIVE_STATES), "dest": FAILED},
+    {"trigger": trigger.value, "source": _plain(source), "dest": _plain(dest)}
+    for trigger, source, dest in (
+        (Trigger.SUBMIT, NO_STATE, QUEUED),
+        (Trigger.VERIFY, QUEUED, VERIFIED),
+        (Trigger.VALIDATE, VERIFIED, VALIDATED),
+        (Trigger.START, (VALIDATED, RETRY_WAIT), RUNNING),
+        (Trigger.SUCCEED, RUNNING, SUCCEEDED),
+        (Trigger.RETRY, RUNNING, RETRY_WAIT),
+        (Trigger.FAIL, ACTIVE_STATES, FAILED),
+        (Trigger.CANCEL, ACTIVE_STATES, FAILED),
+    )
 ]
 
 TRIGGERS: Final = frozenset(str(t["trigger"]) for t in TRANSITIONS)
@@ -59,7 +100,7 @@ class _JobModel:
 # Built once: adding models to one machine is far cheaper than building a machine per job.
 _MACHINE: Final = Machine(
     model=None,
-    states=[NO_STATE, *STATES],
+    states=[NO_STATE, *(state.value for state in STATES)],
     transitions=TRANSITIONS,
     initial=NO_STATE,
     auto_transitions=False,
@@ -92,7 +133,8 @@ class JobCursor:
     def __init__(self, job_id: str, state: str = NO_STATE) -> None:
         self.job_id = job_id
         self._model = _JobModel()
-        _MACHINE.add_model(self._model, initial=state)
+        # A plain str: `transitions` would take a JobState member for a state's name.
+        _MACHINE.add_model(self._model, initial=str(state))
 
     def __enter__(self) -> JobCursor:
         return self
@@ -124,7 +166,7 @@ class JobCursor:
 def _decide_every_step() -> dict[tuple[str, str], str]:
     """Every (state, trigger) -> state the machine allows, found by firing the machine itself."""
     steps: dict[tuple[str, str], str] = {}
-    for state in (NO_STATE, *STATES):
+    for state in (NO_STATE, *(state.value for state in STATES)):
         for trigger in sorted(TRIGGERS):
             with JobCursor("(table)", state) as cursor:
                 try:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from statemachine.events import Event
-from statemachine.machine import FAILED, RETRY_WAIT, RUNNING
+from statemachine.machine import FAILED, RETRY_WAIT, RUNNING, Trigger
 
 # Written outside the event chain (cancel flag, delivery bookkeeping, the archive that holds
 # the events once `provision audit archive` moved them out); replay never compares them.
@@ -46,7 +46,7 @@ def apply_event(snapshot: Mapping[str, str], event: Event) -> dict[str, str]:
         "reason": _as_text(detail.get("reason")) if event.dst == FAILED else "",
         "next_retry_at": _as_text(detail.get("next_retry_at")) if event.dst == RETRY_WAIT else "",
     }
-    if event.trigger == "submit":
+    if event.trigger == Trigger.SUBMIT:
         changes["created_at"] = str(event.at)
         changes["exit_code"] = ""
         for name in _SUBMIT_FIELDS:

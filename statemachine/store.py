@@ -30,7 +30,7 @@ from core.keyring import KeyRing
 from core.keys import RedisKeys
 from core.text import as_text
 from statemachine.events import Event, event_from_fields, new_event
-from statemachine.machine import NO_STATE, is_terminal, next_state
+from statemachine.machine import NO_STATE, Trigger, is_terminal, next_state
 from statemachine.snapshot import apply_event
 
 READ_BATCH: Final = 1000
@@ -268,7 +268,7 @@ class EventStore:
         """Write a new job's `submit` event and snapshot (and e.g. its stream entry) at once."""
         prepared = self._build(
             job_id,
-            [Step("submit", detail, 0, effects)],
+            [Step(Trigger.SUBMIT, detail, 0, effects)],
             snapshot={},
             actor=actor,
             extra_fields={"cancel_requested": "0", "entry_id": ""},

@@ -46,7 +46,7 @@ from panel.client.panel_client import (
     Unauthorized,
     token_of,
 )
-from statemachine.machine import STATES, TERMINAL_STATES
+from statemachine.machine import FAILED, RETRY_WAIT, STATES, SUCCEEDED, TERMINAL_STATES, Trigger
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -61,7 +61,7 @@ RECONNECT_MAX_DELAY_S: Final = 5.0
 
 STDIN_MARKER: Final = "-"
 
-_STATE_COLOURS: Final = {"succeeded": "green", "failed": "red", "retry_wait": "yellow"}
+_STATE_COLOURS: Final[dict[str, str]] = {SUCCEEDED: "green", FAILED: "red", RETRY_WAIT: "yellow"}
 _DETAIL_SHOWN: Final = ("reason", "exit_code", "duration_s", "delay_s")
 
 
@@ -164,7 +164,7 @@ def event_line(event: Mapping[str, Any]) -> str:
         str(event.get("actor", "")),
     ]
     extras: list[str] = []
-    if event.get("trigger") == "start":
+    if event.get("trigger") == Trigger.START:
         extras.append(f"attempt {event.get('attempt')}")
     detail = event.get("detail")
     if isinstance(detail, dict):
@@ -348,7 +348,7 @@ async def _submit(
     job = await panel.job(job_id)
     if as_json:
         click.echo(json.dumps({"kind": "job", "id": None, "data": job}))
-    if job.get("state") == "succeeded":
+    if job.get("state") == SUCCEEDED:
         return EXIT_OK
     click.echo(_outcome(job), err=True)
     return EXIT_FAILED

@@ -35,7 +35,16 @@ from statemachine.audit.archive_record import (
 )
 from statemachine.audit.auditor import ARCHIVED_TO
 from statemachine.events import Event, event_from_fields, parse_event
-from statemachine.machine import QUEUED, RETRY_WAIT, STATES, TERMINAL_STATES
+from statemachine.machine import (
+    FAILED,
+    QUEUED,
+    RETRY_WAIT,
+    STATES,
+    TERMINAL_STATES,
+    VALIDATED,
+    VERIFIED,
+    Trigger,
+)
 from statemachine.replay import JobReplayer, ReplayedJob, snapshot_drift
 from statemachine.store import EventStore, Unschedule
 
@@ -45,7 +54,7 @@ MAX_PAGE: Final = 200
 MAX_SCAN_PER_PAGE: Final = 2000
 LOG_PAGE: Final = 5000
 
-CANCELLABLE_BY_PANEL: Final = frozenset({QUEUED, "verified", "validated", RETRY_WAIT})
+CANCELLABLE_BY_PANEL: Final = frozenset({QUEUED, VERIFIED, VALIDATED, RETRY_WAIT})
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -65,7 +74,7 @@ def job_view(snapshot: Mapping[str, str]) -> dict[str, Any]:
         "app_id": snapshot.get("app_id", ""),
         "target": snapshot.get("target", ""),
         "state": state,
-        "reason": (snapshot.get("reason") or None) if state == "failed" else None,
+        "reason": (snapshot.get("reason") or None) if state == FAILED else None,
         "attempt": int(snapshot.get("attempt", "0") or "0"),
         "exit_code": _int_or_none(snapshot.get("exit_code")),
         "requested_by": snapshot.get("requested_by", ""),
@@ -394,7 +403,7 @@ class JobService:
             try:
                 applied = await self._store.transition(
                     job_id,
-                    "cancel",
+                    Trigger.CANCEL,
                     actor=f"panel:{user}",
                     expect_state=state,
                     detail={"reason": Reason.CANCELLED, "by": user},
@@ -424,7 +433,7 @@ class JobService:
     async def count_by_state(self, *, sample: int = 10_000) -> dict[str, int]:
         """How many of the most recent `sample` jobs are in each state (for /metrics)."""
         ids = cast(list[bytes], await self._client.zrevrange(self._keys.jobs_index, 0, sample - 1))
-        counts = dict.fromkeys(STATES, 0)
+        counts: dict[str, int] = {state.value: 0 for state in STATES}
         async with self._client.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hget(self._keys.job(as_text_lenient(job_id)), "state")

@@ -20,7 +20,7 @@ from panel.jobs.service import CannotCancel, JobFilters, is_job_id
 from panel.jobs.submission_limits import SubmissionRefused
 from panel.web.errors import API_HEADERS, json_error
 from panel.web.openapi import openapi_document
-from statemachine.machine import STATES
+from statemachine.machine import QUEUED, STATES
 
 routes = web.RouteTableDef()
 
@@ -206,7 +206,7 @@ async def install(request: web.Request) -> web.Response:
         metrics.submissions.labels(app_id=app.app_id, outcome="refused").inc()
         return too_many(refused)
     metrics.submissions.labels(app_id=app.app_id, outcome="accepted").inc()
-    return _json({"job_id": job.job_id, "state": "queued"}, status=201)
+    return _json({"job_id": job.job_id, "state": QUEUED}, status=201)
 
 
 def _filters(request: web.Request) -> JobFilters:

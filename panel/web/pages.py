@@ -48,7 +48,7 @@ from panel.web.job_display import (
 )
 from panel.web.page_context import render_page
 from statemachine.events import Event
-from statemachine.machine import STATES, TERMINAL_STATES
+from statemachine.machine import STATES, TERMINAL_STATES, Trigger
 
 routes = web.RouteTableDef()
 
@@ -300,7 +300,7 @@ def _event_view(event: Event, verification: JobVerification) -> dict[str, Any]:
             problem for event_id, problem in verification.problems if event_id == event.event_id
         ],
         "rows": detail_rows(event.detail),
-        "inputs": input_rows(event.detail) if event.trigger == "submit" else [],
+        "inputs": input_rows(event.detail) if event.trigger == Trigger.SUBMIT else [],
     }
 
 

@@ -25,11 +25,11 @@ from panel import appkeys
 from panel.jobs.service import is_job_id, log_line_from_fields
 from panel.web.errors import json_error
 from statemachine.events import event_from_fields
-from statemachine.machine import TERMINAL_STATES
+from statemachine.machine import FAILED, RETRY_WAIT, SUCCEEDED, TERMINAL_STATES
 
 BLOCK_MS: Final = 5000
 # States an event reaches when a run is over: its output was written before it.
-_AFTER_OUTPUT: Final = frozenset({"succeeded", "failed", "retry_wait"})
+_AFTER_OUTPUT: Final = frozenset({SUCCEEDED, FAILED, RETRY_WAIT})
 BATCH: Final = 500
 EMPTY_CURSOR: Final = "0-0"
 

@@ -36,6 +36,7 @@ from core.errors import TamperError
 from core.keys import RedisKeys
 from core.text import as_text_lenient
 from statemachine.events import Event, event_from_fields
+from statemachine.machine import Trigger
 
 DEFAULT_BLOCK_MS: Final = 5000
 DEFAULT_BATCH: Final = 100
@@ -149,7 +150,7 @@ class EventConsumer:
 
     async def _app_id(self, event: Event) -> str:
         job_id = event.job_id
-        app = event.detail.get("app_id") if event.trigger == "submit" else None
+        app = event.detail.get("app_id") if event.trigger == Trigger.SUBMIT else None
         if not isinstance(app, str):
             app = self._app_of.get(job_id)
         if app is None:
