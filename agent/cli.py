@@ -8,17 +8,15 @@ import signal
 from typing import TYPE_CHECKING
 
 import click
-import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from core.cli.keys import resolve_keys_file
-from core.errors import KeyRingError, SettingsError
+from core.errors import DutyFailed, KeyRingError, SettingsError
 from core.keyring import keyfile_mode_problem
 from core.keys import RedisKeys
 from core.runtime.keyring_file import KeyRingFile
 from core.runtime.logging_setup import configure_logging, log_colors_from, log_format_from
-from core.runtime.redis_conn import check_durability, connect
+from core.runtime.redis_conn import check_durability, connect_with_patience
 from core.runtime.settings import AgentSettings, redis_url_or_local
 
 if TYPE_CHECKING:
@@ -78,7 +76,7 @@ async def _serve(settings: AgentSettings, ring: KeyRingFile, *, url: str) -> Non
     from agent.worker import Agent  # noqa: PLC0415
 
     reap_children_by_pidfd()
-    client = await _connect_with_patience(url)
+    client = await connect_with_patience(url, log, event="agent.redis_unreachable")
     metrics_server: web.AppRunner | None = None
     try:
         await check_durability(client, log)
@@ -109,20 +107,12 @@ async def _serve(settings: AgentSettings, ring: KeyRingFile, *, url: str) -> Non
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
-        await agent.run()
+        try:
+            await agent.run()
+        except DutyFailed as error:
+            # Exit non-zero, so systemd (Restart=on-failure) starts a fresh agent.
+            raise click.ClickException(str(error)) from None
     finally:
         if metrics_server is not None:
             await metrics_server.cleanup()
         await client.aclose()
-
-
-async def _connect_with_patience(url: str) -> aioredis.Redis:
-    """Connect, retrying while Redis is not up yet (the agent may start before it)."""
-    delay = 0.2
-    while True:
-        try:
-            return await connect(url)
-        except (OSError, RedisError) as error:
-            log.warning("agent.redis_unreachable", error=str(error), retry_in_s=delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)

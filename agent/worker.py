@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
@@ -25,11 +25,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from agent.duties import Duty, supervise
 from agent.metrics import AgentMetrics
 from agent.processor import JobProcessor
 from agent.steps import Fields
 from core import __version__
-from core.errors import TransitionError
+from core.errors import DutyFailed, TransitionError
 from core.keyring import KeyRing
 from core.keys import AGENTS_GROUP, RedisKeys
 from core.reasons import Reason
@@ -107,6 +108,7 @@ class Agent:
         self._apps_loaded_at = 0.0
         self._expiry_floor_ms = 0
         self._next_reclaim_at = 0.0
+        self._broken_duty: tuple[str, BaseException] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -131,14 +133,18 @@ class Agent:
             concurrency=self._settings.concurrency,
             version=__version__,
         )
+        duties = [
+            Duty("heartbeat", HEARTBEAT_S, self._heartbeat),
+            Duty("lease", self._settings.lease_s / 3, self._renew_leases),
+            Duty("scheduler", SCHEDULER_S, self._requeue_due),
+            Duty("cancel", CANCEL_POLL_S, self._watch_cancels),
+            Duty("expiry", EXPIRY_SWEEP_S, self._expire_queued),
+        ]
         helpers = [
-            asyncio.create_task(self._every(HEARTBEAT_S, self._heartbeat), name="heartbeat"),
             asyncio.create_task(
-                self._every(self._settings.lease_s / 3, self._renew_leases), name="lease"
-            ),
-            asyncio.create_task(self._every(SCHEDULER_S, self._requeue_due), name="scheduler"),
-            asyncio.create_task(self._every(CANCEL_POLL_S, self._watch_cancels), name="cancel"),
-            asyncio.create_task(self._every(EXPIRY_SWEEP_S, self._expire_queued), name="expiry"),
+                supervise(duty, self._duties_done, self._duty_gave_up), name=duty.name
+            )
+            for duty in duties
         ]
         try:
             await self._consume()
@@ -152,6 +158,15 @@ class Agent:
                 log.warning("agent.duties_stuck", duties=[task.get_name() for task in stuck])
             await self._say_goodbye()
             log.info("agent.stopped")
+        if self._broken_duty is not None:
+            name, error = self._broken_duty
+            raise DutyFailed(name, error)
+
+    def _duty_gave_up(self, name: str, error: BaseException) -> None:
+        """A duty keeps failing: stop taking jobs, drain, and end `run` with DutyFailed."""
+        if self._broken_duty is None:
+            self._broken_duty = (name, error)
+        self.stop()
 
     async def _drain(self) -> None:
         if not self._in_flight:
@@ -374,28 +389,12 @@ class Agent:
 
     # --- periodic duties ----------------------------------------------------------------------
 
-    async def _every(self, period_s: float, duty: Callable[[], Awaitable[None]]) -> None:
-        # The loop ends on an event, not only on cancellation: a cancel that lands inside a
-        # Redis call can be swallowed by the client, and a `while True` would then never
-        # end, leaving run() waiting for it forever.
-        while not self._duties_done.is_set():
-            try:
-                await duty()
-            except RedisError as error:
-                log.debug("agent.duty_failed", duty=duty.__name__, error=str(error))
-            except Exception:
-                log.exception("agent.duty_crashed", duty=duty.__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._duties_done.wait(), period_s)
-
     async def _renew_leases(self) -> None:
         """Re-claim every entry we hold so no other agent takes a long install.
 
         An entry another agent took meanwhile (we were cut off past the lease) is not
         taken back: its run here is stopped and its outcome will not be recorded.
         """
-        if self._settings.test_disable_lease_renewal:
-            return  # test switch (tests/chaos): let leases lapse to prove the checker fails
         held = list(self._in_flight)
         lost = await self._store.renew_leases(self._stream, AGENTS_GROUP, self._consumer, held)
         for entry_id in lost:

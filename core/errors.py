@@ -114,6 +114,21 @@ class EnvelopeExpired(EnvelopeError):
         )
 
 
+class CannotSubmit(ProvisionError):
+    """A job that must not be stored at all: an invalid app, or a target that cannot name a
+    stream (callers validate first; this guards the store)."""
+
+
+class DutyFailed(ProvisionError):
+    """One of the agent's side duties kept failing, so the agent stopped (it must not run on
+    without, say, renewing the leases of its running jobs)."""
+
+    def __init__(self, duty: str, error: BaseException) -> None:
+        self.duty = duty
+        self.error = error
+        super().__init__(f"the agent's {duty} duty kept failing: {type(error).__name__}: {error}")
+
+
 class SealError(ProvisionError):
     """A sealed secret could not be opened: wrong key, wrong job, or tampered ciphertext."""
 

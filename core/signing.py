@@ -38,6 +38,7 @@ from typing import Any
 
 from core.errors import BadSignature, EnvelopeExpired, MalformedEnvelope, UnknownKey
 from core.keyring import KeyRing
+from core.strict_json import StrictJSONError, strict_loads
 
 ENVELOPE_VERSION = 1
 DEFAULT_MAX_SKEW_S = 60
@@ -284,33 +285,16 @@ def check_expiry(envelope: Envelope, *, now: int, max_skew_s: int = DEFAULT_MAX_
 # --- strict parsing ---------------------------------------------------------------------
 
 
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise MalformedEnvelope(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
-
-
-def _refuse_constant(name: str) -> Any:  # noqa: ANN401 - json's hook signature
-    raise MalformedEnvelope(f"{name} is not a JSON number")
-
-
 def _strict_loads(data: bytes) -> dict[str, Any]:
     if not isinstance(data, bytes):
         raise MalformedEnvelope("envelope is not bytes")
     try:
         # Decode ourselves: json.loads(bytes) would also guess UTF-16 and UTF-32.
-        text = data.decode("utf-8")
-        obj = json.loads(
-            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
-        )
-    except MalformedEnvelope:
-        raise
-    except (ValueError, RecursionError) as error:
-        # ValueError covers JSONDecodeError, UnicodeDecodeError and over-long integers.
-        raise MalformedEnvelope(f"not strict UTF-8 JSON ({type(error).__name__})") from None
+        obj = strict_loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise MalformedEnvelope("not strict UTF-8 JSON (not UTF-8)") from None
+    except StrictJSONError as error:
+        raise MalformedEnvelope(f"not strict UTF-8 JSON: {error}") from None
     if not isinstance(obj, dict):
         raise MalformedEnvelope("the envelope is not a JSON object")
     return obj

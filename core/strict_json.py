@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from core.errors import ProvisionError
 
-class StrictJSONError(ValueError):
+
+class StrictJSONError(ProvisionError, ValueError):
     """The text is not strict JSON (the message says why)."""
 
 

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from core.errors import ProvisionError
+
 MAX_PATTERN_LENGTH = 1000
 
 # The parser is private; it is `re._parser` from 3.11 on, and `sre_parse` (deprecated, with a
@@ -68,7 +70,7 @@ _Item = tuple[Any, Any]
 _Items = Iterable[_Item]
 
 
-class UnsafePatternError(ValueError):
+class UnsafePatternError(ProvisionError, ValueError):
     """The pattern is refused; `str()` says why in words a manifest author can act on."""
 
 

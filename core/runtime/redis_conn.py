@@ -9,6 +9,7 @@ exactly as they were written.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import redis
@@ -55,6 +56,22 @@ async def connect(url: str, *, socket_timeout_s: float = 10.0) -> redis.asyncio.
         await client.aclose()
         raise
     return client
+
+
+async def connect_with_patience(
+    url: str, log: FilteringBoundLogger, *, event: str, max_delay_s: float = 5.0
+) -> redis.asyncio.Redis:
+    """`connect`, retried with a doubling delay while Redis is not up yet: a daemon may start
+    before its Redis (a boot, a failover). Each failed try is logged as `event`, naming the
+    error's type only (its text may carry the URL)."""
+    delay = 0.2
+    while True:
+        try:
+            return await connect(url)
+        except (OSError, redis.RedisError) as error:
+            log.warning(event, error=type(error).__name__, retry_in_s=delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay_s)
 
 
 def connect_sync(url: str, *, socket_timeout_s: float = 10.0) -> redis.Redis:

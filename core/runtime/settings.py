@@ -167,10 +167,6 @@ class AgentSettings:
     max_deliveries: int
     kill_grace_s: float
     shutdown_grace_s: float
-    # TEST SWITCH, never for production: PROV_TEST_DISABLE_LEASE_RENEWAL=1 stops the agent
-    # renewing the lease of running jobs, so the chaos suite can prove its checker sees the
-    # double run that follows (tests/chaos, scenario 5).
-    test_disable_lease_renewal: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> AgentSettings:
@@ -188,10 +184,6 @@ class AgentSettings:
             shutdown_grace_s=env.number(
                 "PROV_SHUTDOWN_GRACE_S", 30.0, minimum=0.0, maximum=86400.0
             ),
-            test_disable_lease_renewal=env.choice(
-                "PROV_TEST_DISABLE_LEASE_RENEWAL", "0", ("0", "1")
-            )
-            == "1",
         )
 
 

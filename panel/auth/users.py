@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from core.errors import ProvisionError
 from core.keys import RedisKeys
 from core.text import as_text
 from panel.auth.access import Role
@@ -27,7 +28,7 @@ MIN_PASSWORD_CHARS: Final = 12
 MAX_PASSWORD_CHARS: Final = 1024
 
 
-class UserError(ValueError):
+class UserError(ProvisionError, ValueError):
     """A user operation was refused; the message says why, for a person."""
 
 

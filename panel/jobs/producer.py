@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ulid import ULID
 
+from core.errors import CannotSubmit
 from core.keyring import KeyRing
 from core.keys import is_valid_target
 from core.runtime.catalogue import AppEntry
@@ -52,9 +53,9 @@ async def submit_job(
     `job_id` (a fresh ULID when None); a guard that refuses raises `LimitReached`.
     """
     if app.manifest is None or app.fingerprint is None:
-        raise ValueError(f"app {app.app_id!r} is invalid and cannot be submitted")
+        raise CannotSubmit(f"app {app.app_id!r} is invalid and cannot be submitted")
     if not is_valid_target(target):
-        raise ValueError(f"invalid target {target!r}")
+        raise CannotSubmit(f"invalid target {target!r}")
     manifest = app.manifest
     issued_at = int(time.time()) if now_s is None else now_s
     job_id = job_id or str(ULID())

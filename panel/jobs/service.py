@@ -18,7 +18,14 @@ from typing import Any, Final, cast
 import redis.asyncio as aioredis
 from ulid import ULID
 
-from core.errors import FormError, LimitReached, TamperError, TransitionError
+from core.errors import (
+    CannotSubmit,
+    FormError,
+    LimitReached,
+    ProvisionError,
+    TamperError,
+    TransitionError,
+)
 from core.keyring import KeyRing
 from core.keys import is_valid_target
 from core.reasons import Reason
@@ -140,7 +147,7 @@ def log_line_from_fields(entry_id: str, fields: Mapping[bytes | str, bytes | str
     )
 
 
-class CannotCancel(Exception):
+class CannotCancel(ProvisionError):
     """The job already ended (its final state is carried)."""
 
     def __init__(self, state: str) -> None:
@@ -201,7 +208,7 @@ class JobService:
         SubmissionRefused when the user reached a submission limit (nothing is stored).
         """
         if app.manifest is None or not app.valid:
-            raise ValueError(f"app {app.app_id!r} is invalid")
+            raise CannotSubmit(f"app {app.app_id!r} is invalid")
         errors: dict[str, str] = {}
         try:
             values = validate_inputs(app.manifest, submitted)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from core.errors import ProvisionError
 from core.keys import RedisKeys
 from statemachine.store import AddMember, CountEvent, RequireBelow, SideEffect
 
@@ -34,7 +35,7 @@ class SubmissionLimits:
     max_unfinished: int
 
 
-class SubmissionRefused(Exception):
+class SubmissionRefused(ProvisionError):
     """A submission over one of the limits; nothing of it was stored."""
 
     def __init__(self, limit: str, message: str, retry_after_s: int) -> None:

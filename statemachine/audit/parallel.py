@@ -31,6 +31,7 @@ from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
 
+from core.errors import ProvisionError
 from core.keyring import KeyRing
 from core.keys import RedisKeys
 from core.runtime.redis_conn import connect_sync
@@ -52,7 +53,7 @@ SetAside = dict[str, list[tuple[str, list[bytes]]]]
 Message = tuple[Any, ...]
 
 
-class ParallelAuditError(RuntimeError):
+class ParallelAuditError(ProvisionError, RuntimeError):
     """A worker process failed (the message names it and its error)."""
 
 

@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -159,6 +160,7 @@ class Chaos:
         *,
         lease_s: float = 3.0,
         fsync: FsyncPolicy = "everysec",
+        renew_leases: bool = True,
         **agent_env: str,
     ) -> None:
         self.tmp = tmp_path
@@ -176,6 +178,16 @@ class Chaos:
         self.lease_s = lease_s
         self.fsync: FsyncPolicy = fsync
         self.agent_env = agent_env
+        # False runs agents with lease renewal switched off (scenario 5: the checker must fail).
+        self.agent_argv = (
+            provision_argv("agent")
+            if renew_leases
+            else [
+                sys.executable,
+                str(Path(__file__).with_name("agent_without_renewal.py")),
+                "agent",
+            ]
+        )
         self.binary = find_redis_server()
         self.redis: RedisServer | None = None
         self.panel: Process | None = None
@@ -327,7 +339,7 @@ class Chaos:
         slot.starts += 1
         slot.death_recorded = False
         log_path = self.tmp / f"agent-{slot.agent_id}.log"
-        slot.process = Process(provision_argv("agent"), slot.env, log_path)
+        slot.process = Process(self.agent_argv, slot.env, log_path)
 
     def kill_agent(self, agent_id: str) -> None:
         """SIGKILL the agent (the supervisor, if on, starts it again)."""

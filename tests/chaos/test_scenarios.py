@@ -278,7 +278,7 @@ async def test_5_with_two_agents_a_job_three_times_the_lease_runs_once(make_worl
 
 @pytest.mark.timeout(300)
 async def test_5_without_lease_renewal_the_checker_sees_the_double_run(make_world):
-    world = await make_world(lease_s=2.0, PROV_TEST_DISABLE_LEASE_RENEWAL="1")
+    world = await make_world(lease_s=2.0, renew_leases=False)
     report = await long_jobs(world, sized(3, 10))
     world.summarise("5-long-jobs-no-renewal", report)
     assert not report.ok

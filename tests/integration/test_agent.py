@@ -17,9 +17,11 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from agent import worker as worker_module
 from agent.joblog import JobLogWriter
 from agent.processor import JobProcessor
 from agent.worker import Agent
+from core.errors import DutyFailed
 from core.keyring import KeyRing
 from core.keys import AGENTS_GROUP
 from core.runtime.catalogue import Catalogue
@@ -978,3 +980,21 @@ async def test_a_snapshot_read_with_an_entry_is_used_only_for_the_job_the_entry_
     assert await triggers(store, job.job_id) == ["submit", "verify", "validate", "start", "succeed"]
     assert await store.snapshot(other.job_id) == other_before  # untouched
     assert await triggers(store, other.job_id) == ["submit", "cancel"]
+
+
+async def test_an_agent_whose_duty_keeps_failing_stops_loudly_naming_it(
+    settings, redis_url, ring, monkeypatch
+):
+    monkeypatch.setattr(worker_module, "HEARTBEAT_S", 0.01)
+    client = aioredis.from_url(redis_url, socket_timeout=10)
+    try:
+        agent = Agent(settings, client, lambda: ring)
+
+        async def broken_heartbeat() -> None:
+            raise KeyError("a bug in the heartbeat")
+
+        monkeypatch.setattr(agent, "_heartbeat", broken_heartbeat)
+        with pytest.raises(DutyFailed, match="heartbeat duty kept failing: KeyError"):
+            await asyncio.wait_for(agent.run(), timeout=30)
+    finally:
+        await client.aclose()

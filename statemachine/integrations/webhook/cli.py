@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from core.errors import SettingsError
 from core.keys import RedisKeys
 from core.runtime.logging_setup import configure_logging, log_colors_from, log_format_from
-from core.runtime.redis_conn import connect
+from core.runtime.redis_conn import connect, connect_with_patience
 from core.runtime.settings import CommonSettings, redis_url_or_local
 from statemachine.integrations.webhook.deadletter import DeadLetter, DeadLetters
 from statemachine.integrations.webhook.options import (
@@ -225,7 +225,7 @@ async def _serve(options: ForwarderOptions, keys: RedisKeys, url: str) -> None:
     from statemachine.integrations.webhook.forwarder import Forwarder  # noqa: PLC0415
     from statemachine.integrations.webhook.sender import WebhookSender  # noqa: PLC0415
 
-    client = await _connect_with_patience(url)
+    client = await connect_with_patience(url, log, event="webhook.redis_unreachable")
     try:
         async with aiohttp.ClientSession() as session:
             sender = WebhookSender(
@@ -244,18 +244,6 @@ async def _serve(options: ForwarderOptions, keys: RedisKeys, url: str) -> None:
             log.info("webhook.stopped")
     finally:
         await client.aclose()
-
-
-async def _connect_with_patience(url: str) -> aioredis.Redis:
-    """Connect, retrying while Redis is not up yet (as the agent does)."""
-    delay = 0.2
-    while True:
-        try:
-            return await connect(url)
-        except (OSError, RedisError) as error:
-            log.warning("webhook.redis_unreachable", error=type(error).__name__, retry_in_s=delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
 
 
 # --- the operator's commands ---------------------------------------------------------------
