@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,7 +42,13 @@ from core.retry import (
     decide,
 )
 from core.runtime.settings import AgentSettings
-from core.signing import Envelope, peek_job_id, read_stream_fields, verify_envelope
+from core.signing import (
+    Envelope,
+    SignedEnvelope,
+    peek_job_id,
+    read_stream_fields,
+    verify_envelope,
+)
 from statemachine.machine import (
     QUEUED,
     RETRY_WAIT,
@@ -51,6 +58,7 @@ from statemachine.machine import (
     VERIFIED,
     Trigger,
 )
+from statemachine.snapshot import JobSnapshot
 from statemachine.store import (
     AckEntry,
     AppendEntry,
@@ -71,6 +79,16 @@ def _outcome_detail(outcome: Outcome) -> dict[str, Any]:
     if isinstance(outcome, Signalled):
         return {"signal": outcome.signal}
     return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One delivered stream entry: the job it names, its signed fields, how often it came."""
+
+    job_id: str
+    entry_id: str
+    signed: SignedEnvelope
+    deliveries: int
 
 
 class JobProcessor:
@@ -130,31 +148,25 @@ class JobProcessor:
         except MalformedEnvelope as error:
             await self._steps.dead_letter(entry_id, fields, Reason.MALFORMED, error.problem)
             return
-        if not snapshot or snapshot.get("job_id") != job_id:
-            snapshot = await self._store.snapshot(job_id)
-        if snapshot is None:
+        job = JobSnapshot.of(snapshot)
+        if job is None or job.job_id != job_id:
+            job = await self._store.read(job_id)
+        if job is None:
             await self._steps.dead_letter(entry_id, fields, Reason.UNKNOWN_JOB, f"no job {job_id}")
             return
+        delivery = Delivery(job_id, entry_id, signed, deliveries)
         with structlog.contextvars.bound_contextvars(
-            job_id=job_id, app_id=snapshot.get("app_id", ""), entry_id=entry_id
+            job_id=job_id, app_id=job.app_id, entry_id=entry_id
         ):
-            state = snapshot.get("state", "")
+            state = job.state
             if state == QUEUED:
-                await self._take_queued(
-                    job_id,
-                    entry_id,
-                    signed.envelope_bytes,
-                    signed.sig,
-                    signed.kid,
-                    snapshot,
-                    deliveries,
-                )
-            elif snapshot.get("entry_id") == "" and state in TERMINAL_STATES:
+                await self._take_queued(delivery, job)
+            elif job.entry_id == "" and state in TERMINAL_STATES:
                 # The job ended before any agent took an entry for it (cancelled while
                 # queued): its entry has nothing left to do.
                 log.info("entry.job_already_ended", state=state)
                 await self._steps.ack(entry_id)
-            elif snapshot.get("entry_id") != entry_id:
+            elif job.entry_id != entry_id:
                 # Only the entry recorded when the job left `queued` may continue it.
                 await self._steps.dead_letter(
                     entry_id,
@@ -165,78 +177,89 @@ class JobProcessor:
             elif state in TERMINAL_STATES:
                 await self._steps.ack(entry_id)
             else:
-                await self._resume(
-                    job_id,
-                    entry_id,
-                    signed.envelope_bytes,
-                    signed.sig,
-                    signed.kid,
-                    snapshot,
-                    deliveries,
-                )
+                await self._resume(delivery, job)
 
     # --- layer 1 and the decision which step comes next --------------------------------------
 
-    async def _take_queued(
-        self,
-        job_id: str,
-        entry_id: str,
-        envelope_bytes: bytes,
-        sig: str,
-        kid: str,
-        snapshot: Mapping[str, str],
-        deliveries: int,
-    ) -> None:
-        if await self._ended_as_poison(job_id, QUEUED, entry_id, deliveries):
+    async def _take_queued(self, delivery: Delivery, job: JobSnapshot) -> None:
+        if await self._refused_before_checks(delivery, job):
             return
-        if snapshot.get("cancel_requested") == "1":
-            await self._finish(job_id, QUEUED, Fail(Reason.CANCELLED), entry_id)
+        envelope = await self._verified(delivery, job, enforce_expiry=True)
+        if envelope is None:
             return
-        try:
-            envelope = verify_envelope(
-                envelope_bytes, sig, kid, self._ring_source(), now=int(self._clock_s())
-            )
-            self._check_envelope_matches(envelope, snapshot)
-        except EnvelopeError as error:
-            log.warning("job.refused", layer="signature", reason=error.reason, problem=str(error))
-            await self._finish(
-                job_id, QUEUED, Fail(error.reason), entry_id, detail={"problem": str(error)}
-            )
-            return
-        taken = await self._start_at_once(job_id, entry_id, envelope, kid, snapshot)
+        taken = await self._start_at_once(delivery, envelope, job)
         if taken is True:
             return
         if taken is None:
             # Another actor changed the job between our read and the atomic step: look
             # again, and take the step-by-step path if it is still ours to take.
-            fresh = await self._store.snapshot(job_id)
-            if fresh is None or fresh.get("state") != QUEUED or fresh.get("entry_id"):
-                if fresh is not None and fresh.get("state") in TERMINAL_STATES:
-                    await self._steps.ack(entry_id)
+            fresh = await self._store.read(delivery.job_id)
+            if fresh is None or fresh.state != QUEUED or fresh.entry_id:
+                if fresh is not None and fresh.state in TERMINAL_STATES:
+                    await self._steps.ack(delivery.entry_id)
                 return
-            snapshot = fresh
-            if snapshot.get("cancel_requested") == "1":
-                await self._finish(job_id, QUEUED, Fail(Reason.CANCELLED), entry_id)
+            job = fresh
+            if await self._cancelled(delivery, job):
                 return
+        entry_id = delivery.entry_id
         applied = await self._steps.transition(
-            job_id,
+            delivery.job_id,
             Trigger.VERIFY,
             QUEUED,
             entry_id=entry_id,
-            detail={"entry_id": entry_id, "kid": kid},
+            detail={"entry_id": entry_id, "kid": delivery.signed.kid},
             effects=[SetJobFields({"entry_id": entry_id})],
-            known=snapshot,
+            known=job.fields,
         )
         if applied is not None:
-            await self._continue(job_id, entry_id, envelope, applied, deliveries)
+            await self._continue(delivery, envelope, JobSnapshot(applied))
+
+    async def _refused_before_checks(self, delivery: Delivery, job: JobSnapshot) -> bool:
+        """End the job before any layer runs when its entry is poison or it was cancelled."""
+        return await self._ended_as_poison(delivery, job.state) or await self._cancelled(
+            delivery, job
+        )
+
+    async def _cancelled(self, delivery: Delivery, job: JobSnapshot) -> bool:
+        """Fail the job as `cancelled` if an operator asked for it; True if so."""
+        if not job.cancel_requested:
+            return False
+        await self._finish(delivery.job_id, job.state, Fail(Reason.CANCELLED), delivery.entry_id)
+        return True
+
+    async def _verified(
+        self, delivery: Delivery, job: JobSnapshot, *, enforce_expiry: bool
+    ) -> Envelope | None:
+        """Layer 1 on the delivered bytes; None when it failed the job with the reason."""
+        signed = delivery.signed
+        try:
+            envelope = verify_envelope(
+                signed.envelope_bytes,
+                signed.sig,
+                signed.kid,
+                self._ring_source(),
+                now=int(self._clock_s()),
+                enforce_expiry=enforce_expiry,
+            )
+            if enforce_expiry:
+                self._check_envelope_matches(envelope, job)
+        except EnvelopeError as error:
+            if enforce_expiry:
+                log.warning(
+                    "job.refused", layer="signature", reason=error.reason, problem=str(error)
+                )
+            await self._finish(
+                delivery.job_id,
+                job.state,
+                Fail(error.reason),
+                delivery.entry_id,
+                detail={"problem": str(error)},
+            )
+            return None
+        return envelope
 
     async def _start_at_once(
-        self,
-        job_id: str,
-        entry_id: str,
-        envelope: Envelope,
-        kid: str,
-        snapshot: Mapping[str, str],
+        self, delivery: Delivery, envelope: Envelope, job: JobSnapshot
     ) -> bool | None:
         """Verify, validate and start a queued job in ONE atomic step, and run it.
 
@@ -249,7 +272,7 @@ class JobProcessor:
         cancel. True when the job was taken here; False when the step-by-step path must
         take it; None when another actor changed the job first (nothing was written).
         """
-        attempt = int(snapshot.get("attempt", "0") or "0") + 1
+        attempt = job.attempt + 1
         if attempt > 1:
             return False  # a rerun sweeps what an earlier run left: the step-by-step path
         try:
@@ -257,13 +280,14 @@ class JobProcessor:
         except JobRejected:
             return False
         manifest = checked.manifest
+        job_id, entry_id = delivery.job_id, delivery.entry_id
         async with self._app_locks.hold_if_free(manifest.id) as held:
             if not held:
                 return False
             steps = [
                 Step(
                     Trigger.VERIFY,
-                    {"entry_id": entry_id, "kid": kid},
+                    {"entry_id": entry_id, "kid": delivery.signed.kid},
                     effects=[SetJobFields({"entry_id": entry_id})],
                 ),
                 Step(Trigger.VALIDATE),
@@ -277,7 +301,7 @@ class JobProcessor:
                     actor=self._actor,
                     expect_state=QUEUED,
                     expect_fields={"entry_id": "", "cancel_requested": "0"},
-                    known=snapshot,
+                    known=job.fields,
                 )
                 applied = await self._steps.through_outages(
                     lambda: self._store.apply(prepared), Trigger.START
@@ -288,72 +312,40 @@ class JobProcessor:
             await self._run_started(job_id, entry_id, checked, attempt, applied.snapshot)
         return True
 
-    async def _ended_as_poison(
-        self, job_id: str, state: str, entry_id: str, deliveries: int
-    ) -> bool:
+    async def _ended_as_poison(self, delivery: Delivery, state: str) -> bool:
         """Fail the job as `poison` when its entry was delivered too often; True if so."""
-        if deliveries <= self._settings.max_deliveries:
+        if delivery.deliveries <= self._settings.max_deliveries:
             return False
         await self._finish(
-            job_id,
+            delivery.job_id,
             state,
             Fail(Reason.POISON),
-            entry_id,
-            detail={"problem": f"delivered {deliveries} times without an outcome"},
+            delivery.entry_id,
+            detail={"problem": f"delivered {delivery.deliveries} times without an outcome"},
         )
         return True
 
-    def _check_envelope_matches(self, envelope: Envelope, snapshot: Mapping[str, str]) -> None:
-        if envelope.app_id != snapshot.get("app_id") or envelope.target != snapshot.get("target"):
+    def _check_envelope_matches(self, envelope: Envelope, job: JobSnapshot) -> None:
+        if envelope.app_id != job.app_id or envelope.target != job.target:
             raise MalformedEnvelope("envelope names another app or target than the job")
         if envelope.target != self._settings.target:
             raise MalformedEnvelope(f"envelope is for target {envelope.target!r}")
 
-    async def _resume(
-        self,
-        job_id: str,
-        entry_id: str,
-        envelope_bytes: bytes,
-        sig: str,
-        kid: str,
-        snapshot: Mapping[str, str],
-        deliveries: int,
-    ) -> None:
-        state = snapshot.get("state", "")
-        if await self._ended_as_poison(job_id, state, entry_id, deliveries):
+    async def _resume(self, delivery: Delivery, job: JobSnapshot) -> None:
+        if await self._ended_as_poison(delivery, job.state):
             return
-        try:
-            # The job left `queued` under this very entry, so its age no longer matters.
-            envelope = verify_envelope(
-                envelope_bytes,
-                sig,
-                kid,
-                self._ring_source(),
-                now=int(self._clock_s()),
-                enforce_expiry=False,
-            )
-        except EnvelopeError as error:
-            await self._finish(
-                job_id, state, Fail(error.reason), entry_id, detail={"problem": str(error)}
-            )
-            return
-        await self._continue(job_id, entry_id, envelope, snapshot, deliveries)
+        # The job left `queued` under this very entry, so its age no longer matters.
+        envelope = await self._verified(delivery, job, enforce_expiry=False)
+        if envelope is not None:
+            await self._continue(delivery, envelope, job)
 
-    async def _continue(
-        self,
-        job_id: str,
-        entry_id: str,
-        envelope: Envelope,
-        snapshot: Mapping[str, str],
-        deliveries: int,
-    ) -> None:
-        state = snapshot.get("state", "")
-        attempt = int(snapshot.get("attempt", "0") or "0")
+    async def _continue(self, delivery: Delivery, envelope: Envelope, job: JobSnapshot) -> None:
+        job_id, entry_id = delivery.job_id, delivery.entry_id
+        state = job.state
         if state == RUNNING:
-            await self._agent_lost(job_id, entry_id, envelope, attempt)
+            await self._agent_lost(job_id, entry_id, envelope, job.attempt)
             return
-        if snapshot.get("cancel_requested") == "1":
-            await self._finish(job_id, state, Fail(Reason.CANCELLED), entry_id)
+        if await self._cancelled(delivery, job):
             return
         try:
             checked = check_job(self._settings.common.installers_dir, envelope, self._ring_source())
@@ -366,13 +358,13 @@ class JobProcessor:
             return
         if state == VERIFIED:
             applied = await self._steps.transition(
-                job_id, Trigger.VALIDATE, VERIFIED, entry_id=entry_id, known=snapshot
+                job_id, Trigger.VALIDATE, VERIFIED, entry_id=entry_id, known=job.fields
             )
             if applied is None:
                 return
             state = VALIDATED
         if state in (VALIDATED, RETRY_WAIT):
-            await self._run(job_id, entry_id, checked, state, attempt + 1)
+            await self._run(delivery, checked, state, job.attempt + 1)
 
     async def _agent_lost(
         self, job_id: str, entry_id: str, envelope: Envelope, attempt: int
@@ -399,17 +391,15 @@ class JobProcessor:
 
     # --- running --------------------------------------------------------------------------
 
-    async def _run(
-        self, job_id: str, entry_id: str, checked: CheckedJob, state: str, attempt: int
-    ) -> None:
+    async def _run(self, delivery: Delivery, checked: CheckedJob, state: str, attempt: int) -> None:
+        job_id, entry_id = delivery.job_id, delivery.entry_id
         manifest = checked.manifest
         # Two jobs of one app never run at once on this host: package managers lock.
         async with self._app_locks.hold(manifest.id):
-            fresh = await self._store.snapshot(job_id)
-            if fresh is None or fresh.get("state") != state or fresh.get("entry_id") != entry_id:
+            fresh = await self._store.read(job_id)
+            if fresh is None or fresh.state != state or fresh.entry_id != entry_id:
                 return  # moved on while we waited for the app (cancelled, most likely)
-            if fresh.get("cancel_requested") == "1":
-                await self._finish(job_id, state, Fail(Reason.CANCELLED), entry_id)
+            if await self._cancelled(delivery, fresh):
                 return
             try:
                 # Waiting for the app may have taken minutes: check again that the files
@@ -439,7 +429,7 @@ class JobProcessor:
                 attempt=attempt,
                 detail={"entry_id": entry_id, "script": manifest.script},
                 effects=effects,
-                known=fresh,
+                known=fresh.fields,
             )
             if started is None:
                 return
@@ -554,7 +544,7 @@ class JobProcessor:
             if applied is None and log_tail:
                 await self._write_log_lines(job_id, log_tail)  # its write is shielded
         if applied is not None:  # counted once, by the actor whose step was recorded
-            self._metrics.decided(applied.get("app_id", ""), decision)
+            self._metrics.decided(JobSnapshot(applied).app_id, decision)
 
     async def _record_decision(
         self,

@@ -117,8 +117,8 @@ class JobSteps:
             applied = await self.through_outages(lambda: self._store.apply(prepared), trigger)
         except TransitionError as error:
             log.info("job.transition_lost", trigger=trigger, problem=str(error))
-            snapshot = await self._store.snapshot(job_id)
-            if snapshot is not None and snapshot.get("state") in TERMINAL_STATES:
+            job = await self._store.read(job_id)
+            if job is not None and job.state in TERMINAL_STATES:
                 await self.ack(entry_id)
             return None
         return applied.snapshot

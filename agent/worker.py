@@ -39,6 +39,7 @@ from core.runtime.catalogue import Catalogue
 from core.runtime.settings import AgentSettings
 from core.text import as_text
 from statemachine.machine import QUEUED, RETRY_WAIT, TERMINAL_STATES_RAW, Trigger
+from statemachine.snapshot import JobSnapshot
 from statemachine.store import EventStore, Unschedule, now_ms
 
 log = structlog.get_logger("agent")
@@ -425,14 +426,14 @@ class Agent:
 
     async def _requeue_one(self, job_id: str, now: int) -> bool:
         """Re-queue one due job if it is ours; True when it left the retry set."""
-        snapshot = await self._store.snapshot(job_id)
-        if snapshot is None:
+        job = await self._store.read(job_id)
+        if job is None:
             await self._client.zrem(self._keys.retry, job_id)
             return True
-        target = snapshot.get("target", "")
+        target = job.target
         if target != self._settings.target:
             return False  # another host's agents re-queue their own jobs
-        if snapshot.get("state") == RETRY_WAIT and snapshot.get("cancel_requested") == "1":
+        if job.state == RETRY_WAIT and job.cancel_requested:
             await self._cancel_waiting(job_id)
             return True
         status, why = await self._store.requeue_due(job_id, target=target, now_ms=now)
@@ -455,7 +456,7 @@ class Agent:
         except TransitionError as error:
             log.info("job.cancel_lost", job_id=job_id, error=str(error))
             return
-        self.metrics.decided(applied.snapshot.get("app_id", ""), Fail(Reason.CANCELLED))
+        self.metrics.decided(JobSnapshot(applied.snapshot).app_id, Fail(Reason.CANCELLED))
 
     async def _fail_unqueueable(self, job_id: str, why: str) -> None:
         """A due job whose entry is gone (the stream was trimmed) cannot go on: fail it."""
@@ -471,7 +472,7 @@ class Agent:
         except TransitionError as error:
             log.info("job.fail_lost", job_id=job_id, error=str(error))
             return
-        self.metrics.decided(applied.snapshot.get("app_id", ""), Fail(Reason.MALFORMED))
+        self.metrics.decided(JobSnapshot(applied.snapshot).app_id, Fail(Reason.MALFORMED))
 
     async def _expire_queued(self) -> None:
         """Fail jobs still queued past their envelope's expiry (docs/architecture.md §3), any

@@ -12,6 +12,7 @@ Every value is a string (a Redis hash); an absent value is `""`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from statemachine.events import Event
@@ -69,3 +70,88 @@ def fold_events(events: list[Event]) -> dict[str, str]:
 def derived_view(snapshot: Mapping[str, str]) -> dict[str, str]:
     """The part of a stored snapshot that events determine (drops bookkeeping fields)."""
     return {name: value for name, value in snapshot.items() if name not in BOOKKEEPING_FIELDS}
+
+
+def _whole_number(text: str) -> int | None:
+    # Snapshot fields are strings anyone with Redis access could have edited: a malformed one
+    # reads as absent rather than crashing a reader.
+    return int(text) if text and text.isascii() and text.isdigit() and len(text) <= 19 else None
+
+
+@dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """A job's snapshot hash read once, with typed views of its fields.
+
+    `fields` is the hash itself, as the store writes it and as a caller hands it back to the
+    store (`known=`), which checks it inside the atomic step anyway. Absent text reads as
+    `""`, absent numbers as None (`attempt` as 0).
+    """
+
+    fields: Mapping[str, str]
+
+    @classmethod
+    def of(cls, fields: Mapping[str, str] | None) -> JobSnapshot | None:
+        """The snapshot of a hash, or None for a job that does not exist (an empty hash)."""
+        return cls(fields) if fields else None
+
+    def _text(self, name: str) -> str:
+        return self.fields.get(name, "")
+
+    @property
+    def job_id(self) -> str:
+        return self._text("job_id")
+
+    @property
+    def state(self) -> str:
+        return self._text("state")
+
+    @property
+    def app_id(self) -> str:
+        return self._text("app_id")
+
+    @property
+    def target(self) -> str:
+        return self._text("target")
+
+    @property
+    def requested_by(self) -> str:
+        return self._text("requested_by")
+
+    @property
+    def entry_id(self) -> str:
+        """The stream entry that carries the job ("" while no agent took it)."""
+        return self._text("entry_id")
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._text("cancel_requested") == "1"
+
+    @property
+    def attempt(self) -> int:
+        return _whole_number(self._text("attempt")) or 0
+
+    @property
+    def reason(self) -> str | None:
+        """Why the job failed; None unless it did."""
+        return (self._text("reason") or None) if self.state == FAILED else None
+
+    @property
+    def exit_code(self) -> int | None:
+        text = self._text("exit_code")
+        return int(text) if text.lstrip("-").isdigit() and len(text) <= 19 else None
+
+    @property
+    def created_at(self) -> int | None:
+        return _whole_number(self._text("created_at"))
+
+    @property
+    def updated_at(self) -> int | None:
+        return _whole_number(self._text("updated_at"))
+
+    @property
+    def next_retry_at(self) -> int | None:
+        return _whole_number(self._text("next_retry_at"))
+
+    @property
+    def expires_at(self) -> int | None:
+        return _whole_number(self._text("expires_at"))

@@ -31,7 +31,7 @@ from core.keys import RedisKeys
 from core.text import as_text
 from statemachine.events import Event, event_from_fields, new_event
 from statemachine.machine import NO_STATE, Trigger, is_terminal, next_state
-from statemachine.snapshot import apply_event
+from statemachine.snapshot import JobSnapshot, apply_event
 
 READ_BATCH: Final = 1000
 
@@ -256,6 +256,10 @@ class EventStore:
         if not raw:
             return None
         return {as_text(key): as_text(value) for key, value in raw.items()}
+
+    async def read(self, job_id: str) -> JobSnapshot | None:
+        """The job's snapshot, typed, or None when there is no such job."""
+        return JobSnapshot.of(await self.snapshot(job_id))
 
     async def create_job(
         self,

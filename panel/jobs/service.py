@@ -43,7 +43,6 @@ from statemachine.audit.archive_record import (
 from statemachine.audit.auditor import ARCHIVED_TO
 from statemachine.events import Event, event_from_fields, parse_event
 from statemachine.machine import (
-    FAILED,
     QUEUED,
     RETRY_WAIT,
     STATES,
@@ -53,6 +52,7 @@ from statemachine.machine import (
     Trigger,
 )
 from statemachine.replay import JobReplayer, ReplayedJob, snapshot_drift
+from statemachine.snapshot import JobSnapshot
 from statemachine.store import EventStore, Unschedule
 
 MAX_PAGE: Final = 200
@@ -64,10 +64,6 @@ LOG_PAGE: Final = 5000
 CANCELLABLE_BY_PANEL: Final = frozenset({QUEUED, VERIFIED, VALIDATED, RETRY_WAIT})
 
 
-def _int_or_none(value: str | None) -> int | None:
-    return int(value) if value not in (None, "") else None
-
-
 def is_job_id(job_id: str) -> bool:
     """Whether `job_id` can name a job (a ULID)."""
     return bool(JOB_ID_PATTERN.fullmatch(job_id))
@@ -75,20 +71,20 @@ def is_job_id(job_id: str) -> bool:
 
 def job_view(snapshot: Mapping[str, str]) -> dict[str, Any]:
     """A snapshot in the API's shape (docs/architecture.md §8)."""
-    state = snapshot.get("state", "")
+    job = JobSnapshot(snapshot)
     return {
-        "job_id": snapshot.get("job_id", ""),
-        "app_id": snapshot.get("app_id", ""),
-        "target": snapshot.get("target", ""),
-        "state": state,
-        "reason": (snapshot.get("reason") or None) if state == FAILED else None,
-        "attempt": int(snapshot.get("attempt", "0") or "0"),
-        "exit_code": _int_or_none(snapshot.get("exit_code")),
-        "requested_by": snapshot.get("requested_by", ""),
-        "created_at": _int_or_none(snapshot.get("created_at")),
-        "updated_at": _int_or_none(snapshot.get("updated_at")),
-        "next_retry_at": _int_or_none(snapshot.get("next_retry_at")),
-        "cancel_requested": snapshot.get("cancel_requested") == "1",
+        "job_id": job.job_id,
+        "app_id": job.app_id,
+        "target": job.target,
+        "state": job.state,
+        "reason": job.reason,
+        "attempt": job.attempt,
+        "exit_code": job.exit_code,
+        "requested_by": job.requested_by,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "next_retry_at": job.next_retry_at,
+        "cancel_requested": job.cancel_requested,
     }
 
 
@@ -418,8 +414,8 @@ class JobService:
                 )
             except TransitionError:
                 # An agent moved it first; the flag is set, and the agent honours it.
-                snapshot = await self._store.snapshot(job_id)
-                return snapshot.get("state", state) if snapshot else state
+                now = await self._store.read(job_id)
+                return now.state or state if now else state
             return applied.event.dst
         return state
 

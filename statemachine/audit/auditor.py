@@ -39,6 +39,7 @@ from statemachine.audit.compare import by_key, event_id_of, same_entries, stream
 from statemachine.audit.history import HistoryPass, PassedJob, entry_digest, job_share
 from statemachine.audit.raw_reads import prefetched, raw_batches, raw_client, raw_entries
 from statemachine.replay import ReplayedJob, replay_job, snapshot_drift
+from statemachine.snapshot import JobSnapshot
 from statemachine.store import EventStore
 
 # Jobs per snapshot/digest round trip: large enough that round trips vanish next to the
@@ -51,12 +52,6 @@ OWN_ENTRIES_READ: Final = 1000
 
 # Snapshot fields that point to the archive holding an archived job's events.
 ARCHIVED_TO: Final = "archived_to"
-
-
-def _number(text: str | None) -> int:
-    # Snapshot fields are strings anyone with Redis access could have edited: a table row
-    # must not fail on one.
-    return int(text) if text and text.isascii() and text.isdigit() and len(text) <= 19 else 0
 
 
 @dataclass(slots=True)
@@ -84,17 +79,18 @@ class JobAudit:
         """The job as the audit table shows it."""
         # An archived job has no events left in Redis: its row comes from the snapshot,
         # which the archive step checked against the events before they left.
-        snapshot = self.replayed.snapshot if self.replayed.event_count else (self.snapshot or {})
-        created = _number(snapshot.get("created_at"))
-        updated = _number(snapshot.get("updated_at"))
+        job = JobSnapshot(
+            self.replayed.snapshot if self.replayed.event_count else (self.snapshot or {})
+        )
+        created, updated = job.created_at or 0, job.updated_at or 0
         return {
             "job_id": self.job_id,
-            "app_id": snapshot.get("app_id", ""),
-            "state": self.replayed.state or snapshot.get("state", ""),
-            "attempts": _number(snapshot.get("attempt")),
-            "reason": snapshot.get("reason") or None,
+            "app_id": job.app_id,
+            "state": self.replayed.state or job.state,
+            "attempts": job.attempt,
+            "reason": job.fields.get("reason") or None,
             "duration_s": round((updated - created) / 1000, 3) if created else None,
-            "requested_by": snapshot.get("requested_by", ""),
+            "requested_by": job.requested_by,
             "created_at": created or None,
             "events": self.replayed.event_count,
             "archived_to": self.archived_to or None,
