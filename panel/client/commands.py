@@ -428,7 +428,13 @@ async def _jobs(
 
 
 @click.command("jobs")
-@click.option("--state", type=click.Choice(STATES), default=None, help="Only jobs in this state.")
+@click.option(
+    "--state",
+    # The plain values: click matches an enum choice by member name.
+    type=click.Choice([state.value for state in STATES]),
+    default=None,
+    help="Only jobs in this state.",
+)
 @click.option("--app", "app_id", default=None, help="Only jobs of this app.")
 @click.option("--user", default=None, help="Only jobs this user submitted.")
 @click.option("--target", default=None, help="Only jobs for this host.")
