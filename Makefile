@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck pytest install clean up
+.PHONY: test test-fast lint typecheck pytest install clean up
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ pytest: install
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# Under a minute, no services: the pure and unit tests, and the panel's stores on fakeredis.
+test-fast: install
+	$(BIN)/pytest tests/unit tests/fast -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
