@@ -45,6 +45,10 @@ class SubmissionRefused(ProvisionError):
         super().__init__(message)
 
 
+def _jobs(count: int) -> str:
+    return f"{count} job" if count == 1 else f"{count} jobs"
+
+
 def _window(now_s: int) -> tuple[int, int]:
     """The current window's number, and the seconds until the next one starts."""
     window = now_s // WINDOW_S
@@ -73,14 +77,14 @@ def refusal(limit: str, limits: SubmissionLimits, *, now_s: int) -> SubmissionRe
         _, retry_after = _window(now_s)
         return SubmissionRefused(
             limit,
-            f"too many submissions: at most {limits.per_minute} accepted jobs per user and "
-            f"minute (PROV_SUBMISSIONS_PER_MINUTE); try again in {retry_after} s",
+            f"too many submissions: at most {_jobs(limits.per_minute)} accepted per user "
+            f"and minute (PROV_SUBMISSIONS_PER_MINUTE); try again in {retry_after} s",
             retry_after,
         )
     return SubmissionRefused(
         limit,
-        f"too many unfinished jobs: at most {limits.max_unfinished} of one user's jobs may be "
-        "waiting or running at once (PROV_MAX_UNFINISHED_PER_USER); try again when some "
+        f"too many unfinished jobs: at most {_jobs(limits.max_unfinished)} of one user may "
+        "be waiting or running at once (PROV_MAX_UNFINISHED_PER_USER); try again when some "
         "have finished",
         UNFINISHED_RETRY_AFTER_S,
     )
