@@ -5,6 +5,7 @@
     credentials  a credential and its user read in one round trip (lua/authenticate.lua)
     sessions, tokens, users
                  the stores of browser sessions, API tokens and users (argon2id)
+    hashed_store what sessions and tokens share: a hash under the SHA-256 of the secret
     ratelimit    fixed-window counters for failed logins
 
 Knows nothing of pages or jobs.

@@ -49,7 +49,7 @@ async def _session_identity(request: web.Request, now_ms: int) -> Identity | Non
     found = await app[appkeys.CREDENTIALS].lookup(key)
     if found is None:
         return None
-    session = await sessions.accept(session_id, key, found.fields, now_ms=now_ms)
+    session = await sessions.accept(session_id, found.fields, now_ms=now_ms)
     if session is None:
         return None
     stored = found.user

@@ -12,15 +12,14 @@ request keys (which aiohttp 3.14 warns about) and would add an encoder layer thi
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final
 
 import redis.asyncio as aioredis
 
 from core.keys import RedisKeys
-from core.text import as_text
+from panel.auth.hashed_store import HashKeyedStore, secret_hash
 
 COOKIE_NAME: Final = "prov_session"
 # Refresh the idle TTL at most this often, so reading pages is not a write per request.
@@ -29,7 +28,7 @@ TOUCH_EVERY_MS: Final = 30_000
 
 def session_hash(session_id: str) -> str:
     """The hex SHA-256 under which a session is stored."""
-    return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()
+    return secret_hash(session_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +48,7 @@ class SessionStore:
     def __init__(
         self, client: aioredis.Redis, keys: RedisKeys, *, idle_s: int, absolute_s: int
     ) -> None:
-        self._client = client
+        self._store = HashKeyedStore(client, keys.session)
         self._keys = keys
         self.idle_s = idle_s
         self.absolute_s = absolute_s
@@ -63,19 +62,16 @@ class SessionStore:
             created_at=now_ms,
             last_seen=now_ms,
         )
-        key = self._keys.session(session_hash(session.session_id))
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "user": user,
-                    "csrf": session.csrf_token,
-                    "created_at": str(now_ms),
-                    "last_seen": str(now_ms),
-                },
-            )
-            pipe.expire(key, self.idle_s)
-            await pipe.execute()
+        await self._store.put(
+            session_hash(session.session_id),
+            {
+                "user": user,
+                "csrf": session.csrf_token,
+                "created_at": str(now_ms),
+                "last_seen": str(now_ms),
+            },
+            expire_s=self.idle_s,
+        )
         return session
 
     async def get(self, session_id: str, *, now_ms: int) -> Session | None:
@@ -83,11 +79,10 @@ class SessionStore:
         key = self.key_of(session_id)
         if key is None:
             return None
-        raw = cast(dict[bytes, bytes], await self._client.hgetall(key))
-        if not raw:
+        values = await self._store.fields(session_hash(session_id))
+        if values is None:
             return None
-        values = {as_text(k): as_text(v) for k, v in raw.items()}
-        return await self.accept(session_id, key, values, now_ms=now_ms)
+        return await self.accept(session_id, values, now_ms=now_ms)
 
     def key_of(self, session_id: str) -> str | None:
         """The Redis key of the session behind a cookie value; None for an impossible one."""
@@ -96,22 +91,20 @@ class SessionStore:
         return self._keys.session(session_hash(session_id))
 
     async def accept(
-        self, session_id: str, key: str, values: dict[str, str], *, now_ms: int
+        self, session_id: str, values: dict[str, str], *, now_ms: int
     ) -> Session | None:
-        """The session stored at `key` as `values`, unless idle or too old (then deleted).
+        """The session stored as `values`, unless idle or too old (then deleted).
 
         Its idle timeout is refreshed at most every `TOUCH_EVERY_MS`.
         """
         created_at = int(values.get("created_at", "0") or "0")
         last_seen = int(values.get("last_seen", "0") or "0")
+        hashed = session_hash(session_id)
         if now_ms - created_at > self.absolute_s * 1000 or now_ms - last_seen > self.idle_s * 1000:
-            await self._client.delete(key)
+            await self._store.delete(hashed)
             return None
         if now_ms - last_seen > TOUCH_EVERY_MS:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hset(key, "last_seen", str(now_ms))
-                pipe.expire(key, self.idle_s)
-                await pipe.execute()
+            await self._store.update(hashed, "last_seen", str(now_ms), expire_s=self.idle_s)
             last_seen = now_ms
         return Session(
             session_id=session_id,
@@ -123,4 +116,4 @@ class SessionStore:
 
     async def delete(self, session_id: str) -> None:
         """End a session (logout)."""
-        await self._client.delete(self._keys.session(session_hash(session_id)))
+        await self._store.delete(session_hash(session_id))

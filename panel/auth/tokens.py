@@ -8,17 +8,16 @@ changing or removing a user takes effect on their tokens at once.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final
 
 import redis.asyncio as aioredis
 
 from core.keys import RedisKeys
-from core.text import as_text
+from panel.auth.hashed_store import HashKeyedStore, secret_hash
 
 TOKEN_PREFIX: Final = "prov_"  # noqa: S105 - a marker that makes leaks recognisable
 TOKEN_ID_CHARS: Final = 12
@@ -26,7 +25,7 @@ TOKEN_ID_CHARS: Final = 12
 
 def token_hash(token: str) -> str:
     """The hex SHA-256 under which a token is stored."""
-    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+    return secret_hash(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +61,11 @@ def token_info(hashed: str, values: dict[str, str]) -> TokenInfo:
     )
 
 
-def _values(raw: dict[bytes, bytes]) -> dict[str, str]:
-    return {as_text(k): as_text(v) for k, v in raw.items()}
-
-
 class TokenStore:
     """API tokens of one namespace."""
 
     def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
-        self._client = client
+        self._store = HashKeyedStore(client, keys.token, index=keys.tokens)
         self._keys = keys
 
     def key_of(self, hashed: str) -> str:
@@ -85,18 +80,10 @@ class TokenStore:
         hashed = token_hash(token)
         now = int(time.time() * 1000)
         expires = "" if expires_at_ms is None else str(expires_at_ms)
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self._keys.token(hashed),
-                mapping={
-                    "user": user,
-                    "name": name[:100],
-                    "created_at": str(now),
-                    "expires_at": expires,
-                },
-            )
-            pipe.sadd(self._keys.tokens, hashed)
-            await pipe.execute()
+        await self._store.put(
+            hashed,
+            {"user": user, "name": name[:100], "created_at": str(now), "expires_at": expires},
+        )
         info = TokenInfo(
             token_id=hashed[:TOKEN_ID_CHARS],
             user=user,
@@ -112,14 +99,14 @@ class TokenStore:
         if not token_shaped(token):
             return None
         hashed = token_hash(token)
-        raw = cast(dict[bytes, bytes], await self._client.hgetall(self._keys.token(hashed)))
-        if not raw:
+        values = await self._store.fields(hashed)
+        if values is None:
             return None
         # The lookup was by hash already; comparing again in constant time costs nothing
         # and keeps the check independent of how Redis matched the key.
         if not hmac.compare_digest(hashed, token_hash(token)):
             return None
-        return await self.accept(hashed, _values(raw), now_ms=now_ms)
+        return await self.accept(hashed, values, now_ms=now_ms)
 
     async def accept(self, hashed: str, values: dict[str, str], *, now_ms: int) -> TokenInfo | None:
         """The token stored as `values` if it has not expired; its use is recorded."""
@@ -128,17 +115,16 @@ class TokenStore:
             return None
         last_used = info.last_used_at or 0
         if now_ms - last_used > 60_000:  # record use, at most once a minute per token
-            await self._client.hset(self._keys.token(hashed), "last_used_at", str(now_ms))
+            await self._store.update(hashed, "last_used_at", str(now_ms))
         return info
 
     async def all(self, user: str | None = None) -> list[TokenInfo]:
         """Every token (of `user`, when given), oldest first."""
-        hashes = sorted(as_text(h) for h in await self._client.smembers(self._keys.tokens))
         found: list[TokenInfo] = []
-        for hashed in hashes:
-            raw = cast(dict[bytes, bytes], await self._client.hgetall(self._keys.token(hashed)))
-            if raw:
-                info = token_info(hashed, _values(raw))
+        for hashed in await self._store.indexed():
+            values = await self._store.fields(hashed)
+            if values is not None:
+                info = token_info(hashed, values)
                 if user is None or info.user == user:
                     found.append(info)
         return sorted(found, key=lambda info: info.created_at)
@@ -148,11 +134,9 @@ class TokenStore:
         if len(token_id) < 8 or not all(c in "0123456789abcdef" for c in token_id):
             return 0
         revoked = 0
-        for raw in await self._client.smembers(self._keys.tokens):
-            hashed = as_text(raw)
+        for hashed in await self._store.indexed():
             if hashed.startswith(token_id):
-                await self._client.delete(self._keys.token(hashed))
-                await self._client.srem(self._keys.tokens, hashed)
+                await self._store.delete(hashed)
                 revoked += 1
         return revoked
 
