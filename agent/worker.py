@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from agent.duties import Duty, supervise
 from agent.metrics import AgentMetrics
 from agent.processor import JobProcessor
+from agent.queue import JobQueue
 from agent.steps import Fields
 from core import __version__
 from core.errors import DutyFailed, TransitionError
@@ -89,6 +90,7 @@ class Agent:
         self._client = client
         self._store = EventStore(client, RedisKeys(settings.common.namespace), ring)
         self._keys = self._store.keys
+        self._queue = JobQueue(client, self._keys)
         self._stream = self._keys.jobs_stream(settings.target)
         self._consumer = settings.agent_id
         self._processor = JobProcessor(client, self._store, ring, settings, metrics=self.metrics)
@@ -299,7 +301,7 @@ class Agent:
         # While the queue holds entries, one round trip reads them with their jobs'
         # snapshots; only an empty queue needs the blocking read (and the job read after it).
         started = asyncio.get_running_loop().time()
-        ready = await self._store.read_new_entries(
+        ready = await self._queue.read_new_entries(
             self._stream, AGENTS_GROUP, self._consumer, self._free_slots()
         )
         self._note_call_time(started, 0.0)
@@ -397,7 +399,7 @@ class Agent:
         taken back: its run here is stopped and its outcome will not be recorded.
         """
         held = list(self._in_flight)
-        lost = await self._store.renew_leases(self._stream, AGENTS_GROUP, self._consumer, held)
+        lost = await self._queue.renew_leases(self._stream, AGENTS_GROUP, self._consumer, held)
         for entry_id in lost:
             if entry_id not in self._in_flight:
                 continue  # finished meanwhile
@@ -436,7 +438,7 @@ class Agent:
         if job.state == RETRY_WAIT and job.cancel_requested:
             await self._cancel_waiting(job_id)
             return True
-        status, why = await self._store.requeue_due(job_id, target=target, now_ms=now)
+        status, why = await self._queue.requeue_due(job_id, target=target, now_ms=now)
         if status == 1:
             log.info("job.requeued", job_id=job_id, entry_id=why)
         elif status < 0:

@@ -241,9 +241,6 @@ class EventStore:
         self._clock_ms = clock_ms
         self._transition = client.register_script(_script("transition.lua"))
         self._request_cancel = client.register_script(_script("request_cancel.lua"))
-        self._requeue = client.register_script(_script("requeue.lua"))
-        self._renew = client.register_script(_script("renew_leases.lua"))
-        self._read_entries = client.register_script(_script("read_entries.lua"))
 
     @property
     def client(self) -> aioredis.Redis:
@@ -460,48 +457,6 @@ class EventStore:
         """Set `cancel_requested` unless the job ended; returns its state ("" if unknown)."""
         state = await self._request_cancel(keys=[self.keys.job(job_id)])
         return as_text(state)
-
-    async def requeue_due(self, job_id: str, *, target: str, now_ms: int) -> tuple[int, str]:
-        """Copy a due `retry_wait` job's entry to a fresh one that now carries the job.
-
-        Returns (1, new entry id), (0, why nothing was done) or (-1, why it cannot go on).
-        """
-        result = await self._requeue(
-            keys=[self.keys.job(job_id), self.keys.retry, self.keys.jobs_stream(target)],
-            args=[job_id, str(now_ms)],
-        )
-        return int(result[0]), as_text(result[1])
-
-    async def read_new_entries(
-        self, stream: str, group: str, consumer: str, count: int
-    ) -> list[tuple[str, dict[bytes | str, bytes | str], dict[str, str]]]:
-        """Up to `count` new entries for `consumer`, without blocking, each with the snapshot
-        of the job it names ({} when it names none that exists), in one round trip.
-
-        The job id is read from the unverified entry only to pick the snapshot: the caller
-        must check that the snapshot's `job_id` is the one it reads from the entry itself.
-        """
-        reply = await self._read_entries(
-            keys=[stream], args=[group, consumer, count, self.keys.job("")]
-        )
-        entries: list[tuple[str, dict[bytes | str, bytes | str], dict[str, str]]] = []
-        for entry_id, flat_fields, flat_snapshot in reply:
-            fields = dict(zip(flat_fields[::2], flat_fields[1::2], strict=True))
-            snapshot = {
-                as_text(name): as_text(value)
-                for name, value in zip(flat_snapshot[::2], flat_snapshot[1::2], strict=True)
-            }
-            entries.append((as_text(entry_id), fields, snapshot))
-        return entries
-
-    async def renew_leases(
-        self, stream: str, group: str, consumer: str, entry_ids: Sequence[str]
-    ) -> list[str]:
-        """Re-claim the entries `consumer` still owns; return the ones it lost to another."""
-        if not entry_ids:
-            return []
-        lost = await self._renew(keys=[stream], args=[group, consumer, *entry_ids])
-        return [as_text(entry_id) for entry_id in lost]
 
     async def iter_job_events(
         self, job_id: str, *, batch: int = READ_BATCH

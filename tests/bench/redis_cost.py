@@ -62,8 +62,7 @@ def _load_trips(path: Path, start: float, end: float) -> list[list[list[str]]]:
 # which script they ran: the panel's authentication, the atomic transition, the agent's read.
 SCRIPTS = {
     hashlib.sha1(path.read_bytes()).hexdigest(): path.stem
-    for folder in ("statemachine", "panel")
-    for path in (Path(__file__).parents[2] / folder / "lua").glob("*.lua")
+    for path in Path(__file__).parents[2].glob("*/**/lua/*.lua")
 }
 
 

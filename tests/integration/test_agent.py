@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from agent import worker as worker_module
 from agent.joblog import JobLogWriter
 from agent.processor import JobProcessor
+from agent.queue import JobQueue
 from agent.worker import Agent
 from core.errors import DutyFailed
 from core.keyring import KeyRing
@@ -931,7 +932,7 @@ async def test_a_stop_during_the_read_takes_nothing_more(
     installers, effects, ring, store, settings, start_agent, monkeypatch
 ):
     running_agents: list[RunningAgent] = []
-    real_read = EventStore.read_new_entries
+    real_read = JobQueue.read_new_entries
 
     async def stop_while_reading(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         entries = await real_read(self, *args, **kwargs)
@@ -939,7 +940,7 @@ async def test_a_stop_during_the_read_takes_nothing_more(
             running_agents[0].agent.stop()  # SIGTERM lands while the read is in flight
         return entries
 
-    monkeypatch.setattr(EventStore, "read_new_entries", stop_while_reading)
+    monkeypatch.setattr(JobQueue, "read_new_entries", stop_while_reading)
     write_app(installers, "late", recording(effects))
     job = await submit(store, ring, installers, "late")
     running_agents.append(await start_agent(settings))

@@ -1,4 +1,4 @@
-"""`EventStore.read_new_entries`: new stream entries with their jobs' snapshots in one round
+"""`JobQueue.read_new_entries`: new stream entries with their jobs' snapshots in one round
 trip, whatever hostile bytes an entry carries."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import json
 import pytest
 import redis.asyncio as aioredis
 
+from agent.queue import JobQueue
 from core.keys import AGENTS_GROUP
 from core.runtime.redis_conn import connect
 from core.runtime.redis_launcher import bundled_redis_server, start_redis
@@ -41,15 +42,24 @@ async def test_entries_come_with_the_snapshot_of_the_job_they_name(store, redis_
     first = await _entry(redis_client, store, json.dumps({"job_id": JOB_A, "app_id": "x"}))
     second = await _entry(redis_client, store, json.dumps({"app_id": "x", "job_id": JOB_B}))
     stream = store.keys.jobs_stream("local")
-    read = await store.read_new_entries(stream, AGENTS_GROUP, "agent-1", 1)
+    read = await JobQueue(store.client, store.keys).read_new_entries(
+        stream, AGENTS_GROUP, "agent-1", 1
+    )
     assert [(entry_id, snapshot["job_id"]) for entry_id, _f, snapshot in read] == [(first, JOB_A)]
     assert read[0][1][b"kid"] == b"k1"
     assert read[0][2] == await store.snapshot(JOB_A)
-    read = await store.read_new_entries(stream, AGENTS_GROUP, "agent-1", 5)
+    read = await JobQueue(store.client, store.keys).read_new_entries(
+        stream, AGENTS_GROUP, "agent-1", 5
+    )
     assert [(entry_id, snapshot["state"]) for entry_id, _f, snapshot in read] == [
         (second, "queued")
     ]
-    assert await store.read_new_entries(stream, AGENTS_GROUP, "agent-1", 5) == []
+    assert (
+        await JobQueue(store.client, store.keys).read_new_entries(
+            stream, AGENTS_GROUP, "agent-1", 5
+        )
+        == []
+    )
     pending = await redis_client.xpending(stream, AGENTS_GROUP)
     assert pending["pending"] == 2  # delivered to the consumer, as XREADGROUP does
 
@@ -74,7 +84,9 @@ async def test_an_entry_naming_no_readable_job_comes_without_a_snapshot(
 ):
     await create_queued_job(store, JOB_A)
     entry_id = await _entry(redis_client, store, envelope)
-    read = await store.read_new_entries(store.keys.jobs_stream("local"), AGENTS_GROUP, "agent-1", 5)
+    read = await JobQueue(store.client, store.keys).read_new_entries(
+        store.keys.jobs_stream("local"), AGENTS_GROUP, "agent-1", 5
+    )
     assert [(found, snapshot) for found, _f, snapshot in read] == [(entry_id, {})]
 
 
@@ -82,7 +94,9 @@ async def test_an_entry_without_an_envelope_field_comes_without_a_snapshot(store
     stream = store.keys.jobs_stream("local")
     entry_id = (await redis_client.xadd(stream, {"job_id": JOB_A})).decode()
     await create_queued_job(store, JOB_A)
-    read = await store.read_new_entries(stream, AGENTS_GROUP, "agent-1", 5)
+    read = await JobQueue(store.client, store.keys).read_new_entries(
+        stream, AGENTS_GROUP, "agent-1", 5
+    )
     assert [(found, snapshot) for found, _f, snapshot in read] == [(entry_id, {})]
 
 
@@ -93,7 +107,9 @@ async def test_a_job_key_of_the_wrong_type_leaves_the_rest_of_the_batch_readable
     await create_queued_job(store, JOB_B)
     odd = await _entry(redis_client, store, json.dumps({"job_id": JOB_A}))
     fine = await _entry(redis_client, store, json.dumps({"job_id": JOB_B}))
-    read = await store.read_new_entries(store.keys.jobs_stream("local"), AGENTS_GROUP, "agent-1", 5)
+    read = await JobQueue(store.client, store.keys).read_new_entries(
+        store.keys.jobs_stream("local"), AGENTS_GROUP, "agent-1", 5
+    )
     assert [(entry_id, snapshot.get("job_id")) for entry_id, _f, snapshot in read] == [
         (odd, None),
         (fine, JOB_B),
@@ -115,7 +131,7 @@ async def test_the_agent_scripts_run_on_redis_6_2_too(tmp_path, redis_keys, ring
             )
             await create_queued_job(store, JOB_A)
             entry_id = await _entry(client, store, json.dumps({"job_id": JOB_A}))
-            read = await store.read_new_entries(
+            read = await JobQueue(store.client, store.keys).read_new_entries(
                 redis_keys.jobs_stream("local"), AGENTS_GROUP, "agent-1", 5
             )
             assert [(found, snapshot["state"]) for found, _f, snapshot in read] == [
