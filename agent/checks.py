@@ -7,7 +7,6 @@ these layers run on an envelope whose signature already verified. Each refusal r
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from core.errors import FormError, JobRejected, SealError
 from core.keyring import KeyRing
 from core.manifest.model import Manifest, is_valid_app_id
 from core.reasons import Reason
-from core.runtime.catalogue import AppEntry, load_app
+from core.runtime.catalogue import AppEntry, load_app, unsafe_path_problems
 from core.sealing import open_inputs
 from core.signing import Envelope
 from core.validation import to_env, validate_inputs
@@ -49,6 +48,12 @@ def check_whitelist(installers_dir: Path, app_id: str) -> AppEntry:
     if not (folder / "manifest.yml").is_file():
         raise JobRejected(Reason.NOT_WHITELISTED, f"no app {app_id!r} on this agent")
     app = load_app(folder)
+    if app.unsafe_path:
+        # A folder or script others could change is layer 4's refusal, whatever else is
+        # wrong with the app: its files cannot be trusted, its manifest included.
+        raise JobRejected(
+            Reason.UNSAFE_PATH, f"app {app_id!r} is unsafe to run: {'; '.join(app.unsafe_path)}"
+        )
     if not app.valid:
         raise JobRejected(
             Reason.NOT_WHITELISTED, f"app {app_id!r} is invalid here: {'; '.join(app.problems)}"
@@ -96,26 +101,18 @@ def check_inputs(
 
 
 def check_script_path(app: AppEntry) -> Path:
-    """Layer 4: the script is a regular `.sh` file inside the app's folder, not a symlink."""
+    """Layer 4: root may run the app's script (`core.runtime.catalogue.unsafe_path_problems`).
+
+    The script is a regular `.sh` file inside the app's folder, neither is a symbolic link,
+    and no one but root or the agent's user can change either. Judged again here, on the
+    files as they are now, and the resolved path returned.
+    """
     manifest = app.manifest
     assert manifest is not None
-    folder = app.folder.resolve(strict=True)
-    script = folder / manifest.script
-    if not manifest.script.endswith(".sh") or "/" in manifest.script:
-        raise JobRejected(Reason.UNSAFE_PATH, f"script {manifest.script!r} is not a bare .sh name")
-    try:
-        info = script.lstat()
-    except FileNotFoundError:
-        raise JobRejected(
-            Reason.UNSAFE_PATH, f"script {manifest.script!r} does not exist"
-        ) from None
-    if stat.S_ISLNK(info.st_mode):
-        raise JobRejected(Reason.UNSAFE_PATH, f"script {manifest.script!r} is a symbolic link")
-    if not stat.S_ISREG(info.st_mode):
-        raise JobRejected(Reason.UNSAFE_PATH, f"script {manifest.script!r} is not a regular file")
-    if script.resolve(strict=True).parent != folder:
-        raise JobRejected(Reason.UNSAFE_PATH, f"script {manifest.script!r} lies outside its app")
-    return script
+    problems = unsafe_path_problems(app.folder, manifest.script)
+    if problems:
+        raise JobRejected(Reason.UNSAFE_PATH, "; ".join(problems))
+    return app.folder.resolve(strict=True) / manifest.script
 
 
 def check_job(installers_dir: Path, envelope: Envelope, ring: KeyRing) -> CheckedJob:
@@ -141,10 +138,17 @@ def sandbox_environment(
     job_id: str,
     attempt: int,
     home: str,
+    target: str | None = None,
 ) -> dict[str, str]:
-    """Layer 5's environment, built from scratch: never the agent's own variables or keys."""
+    """Layer 5's environment, built from scratch: never the agent's own variables or keys.
+
+    PATH, LANG, HOME, the inputs, PROV_JOB_ID, PROV_APP_ID, PROV_ATTEMPT and PROV_TARGET (the
+    job's target; left out only by a caller that has no job, such as a test harness).
+    """
     env = {"PATH": SANDBOX_PATH, "LANG": SANDBOX_LANG, "HOME": home}
     # Manifest loading refuses input names that would shadow these, so inputs cannot override.
     env.update(to_env(manifest, dict(values)))
     env.update({"PROV_JOB_ID": job_id, "PROV_APP_ID": manifest.id, "PROV_ATTEMPT": str(attempt)})
+    if target is not None:
+        env["PROV_TARGET"] = target
     return env

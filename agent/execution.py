@@ -80,7 +80,14 @@ async def execute(
         except (RedisError, OSError):
             dropped_lines += 1
 
-    env = sandbox_environment(manifest, checked.values, job_id=job_id, attempt=attempt, home=home)
+    env = sandbox_environment(
+        manifest,
+        checked.values,
+        job_id=job_id,
+        attempt=attempt,
+        home=home,
+        target=checked.envelope.target,
+    )
     folder = checked.app.folder.resolve()
     started_at = time.monotonic()
     ran_to_an_outcome = False

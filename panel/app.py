@@ -2,8 +2,9 @@
 
 `create_app(settings)` wires everything: the job store on Redis, the key ring (re-read when
 the key file changes), the catalogue cache, templates, static files, the routes, and the
-middlewares (errors, metrics; access control plugs in at `panel.auth.access`). Every resource is
-opened and closed in one `cleanup_ctx` generator; open SSE streams are closed on shutdown.
+middlewares (the `Host` allow-list, errors, metrics; access control plugs in at
+`panel.auth.access`). Every resource is opened and closed in one `cleanup_ctx` generator; open
+SSE streams are closed on shutdown.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from panel.jobs.submission_limits import SubmissionLimits
 from panel.web import api, health, login, pages
 from panel.web.errors import Handler, error_middleware, refuse
 from panel.web.headers import add_security_headers
+from panel.web.hosts import make_host_middleware
 from panel.web.metrics import PanelMetrics
 from panel.web.page_cache import PageCache
 from panel.web.sse import stream_job
@@ -96,6 +98,8 @@ def create_app(
     """Build the panel; `ring`, `redis_url` and `clock` override the defaults (for tests)."""
     app = web.Application(
         middlewares=[
+            # First: a request for another host (DNS rebinding) reaches nothing else.
+            make_host_middleware(settings),
             metrics_middleware,
             error_middleware,
             make_access_middleware(authenticate, refuse),

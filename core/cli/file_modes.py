@@ -1,15 +1,18 @@
 """Who could change what root will run: the file modes `provision apps check` insists on.
 
 The agent refuses to run a script that anyone but root or its own user could change
-(`unsafe_path`); this check says so at authoring time, naming the mode to use instead.
+(`unsafe_path`); this check says so at authoring time, naming the mode to use instead. Who
+counts as "anyone else" is decided once, by `core.runtime.catalogue.write_access_problems`,
+the rule the catalogue and the agent's layer 4 apply to the app's folder and script too.
 """
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+
+from core.runtime.catalogue import write_access_problems
 
 
 def file_mode_problems(
@@ -18,16 +21,17 @@ def file_mode_problems(
     """Scripts that anyone but their owner could change, or that the agent cannot run.
 
     Every `*.sh` in the folder and each of `entry_points` that exists is checked; the entry
-    points must also be executable. The manifest and the folder must not be world-writable.
+    points must also be executable. The folder must be a real folder that only root or the
+    current user can change, and the manifest must not be world-writable.
     """
     problems: list[str] = []
-    allowed_owners = {0, os.getuid()}
     try:
-        folder_mode = folder.lstat().st_mode
+        folder_info = folder.lstat()
     except OSError as error:
         return [f"the folder cannot be read: {error.strerror or error}"]
-    if folder_mode & stat.S_IWOTH:
-        problems.append(f"the folder is world-writable (mode {stat.S_IMODE(folder_mode):04o})")
+    if stat.S_ISLNK(folder_info.st_mode):
+        return ["the folder is a symbolic link (the agent refuses it: unsafe_path)"]
+    problems.extend(write_access_problems("the folder", folder_info))
     names = sorted({path.name for path in folder.glob("*.sh")} | set(entry_points))
     for name in names:
         path = folder / name
@@ -42,12 +46,7 @@ def file_mode_problems(
         if not stat.S_ISREG(info.st_mode):
             problems.append(f"{name} is not a regular file")
             continue
-        if mode & stat.S_IWOTH:
-            problems.append(f"{name} is world-writable (mode {mode:04o}; use 0755)")
-        elif mode & stat.S_IWGRP:
-            problems.append(f"{name} is group-writable (mode {mode:04o}; use 0755)")
-        if info.st_uid not in allowed_owners:
-            problems.append(f"{name} is owned by uid {info.st_uid}, not root or the current user")
+        problems.extend(write_access_problems(name, info, use_mode="0755"))
         if name in entry_points and not mode & stat.S_IXUSR:
             problems.append(f"{name} is not executable (mode {mode:04o}; use 0755)")
     manifest = folder / "manifest.yml"

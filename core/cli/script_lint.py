@@ -41,7 +41,7 @@ _MAX_SCRIPT_CHARS: Final = 4 * 1024 * 1024
 
 # What the agent puts in a job's environment besides the inputs (docs/architecture.md §6).
 AGENT_VARIABLES: Final = frozenset(
-    {"PATH", "LANG", "HOME", "PROV_JOB_ID", "PROV_APP_ID", "PROV_ATTEMPT"}
+    {"PATH", "LANG", "HOME", "PROV_JOB_ID", "PROV_APP_ID", "PROV_ATTEMPT", "PROV_TARGET"}
 )
 # What an operator may set when running an app's uninstall.sh by hand (installers/README.md):
 # uninstall does not go through the agent, so these are not manifest inputs.

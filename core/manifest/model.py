@@ -32,17 +32,33 @@ INPUT_TYPES: Final = (
     "select",
     "multiselect",
 )
-# Names the agent sets, or that the shell and the dynamic loader read (docs/architecture.md
-# §2), plus the
-# bash variables that change how every script behaves (SHELLOPTS=xtrace would print every
-# command, secrets included; CDPATH and GLOBIGNORE change what paths and globs mean).
+# An input reaches the script (run as root) as the environment variable NAME.upper(), so a
+# name may not shadow what the agent sets or what a shell, the dynamic loader, libc or a
+# common interpreter or tool reads (docs/architecture.md §2): PERL5OPT, NODE_OPTIONS,
+# GLIBC_TUNABLES, GCONV_PATH, OPENSSL_CONF, a proxy or an apt/debconf setting each hand
+# whoever fills the form a way into root. Bash's own variables are here too (SHELLOPTS=xtrace
+# would print every command, secrets included; CDPATH and GLOBIGNORE change what paths and
+# globs mean; FUNCNEST and TMOUT end a script early).
 RESERVED_NAMES: Final = frozenset(
     {
-        "PATH", "HOME", "LANG", "SHELL", "IFS", "ENV", "TERM", "TMPDIR", "PS4",
-        "SHELLOPTS", "CDPATH", "GLOBIGNORE", "POSIXLY_CORRECT", "HISTFILE", "PROMPT_COMMAND",
+        # set by the agent, or read by every shell
+        "PATH", "HOME", "LANG", "SHELL", "IFS", "ENV", "TERM", "TMPDIR", "PS4", "PWD",
+        "OLDPWD", "CDPATH", "GLOBIGNORE", "SHELLOPTS", "EXECIGNORE", "FUNCNEST", "TMOUT",
+        "PROMPT_COMMAND", "POSIXLY_CORRECT", "HISTFILE",
+        # read by libc and the loader
+        "HOSTALIASES", "LOCPATH", "GCONV_PATH", "TZ", "TZDIR", "NLSPATH", "GLIBC_TUNABLES",
+        "MALLOC_CHECK_",
+        # read by TLS, download and packaging tools
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE", "APT_CONFIG", "NO_PROXY",
     }
 )  # fmt: skip
-RESERVED_PREFIXES: Final = ("LC_", "LD_", "BASH", "PROV_", "PYTHON")
+RESERVED_PREFIXES: Final = (
+    "LC_", "LD_", "BASH", "PROV_", "PYTHON", "PERL", "RUBY", "NODE_", "NPM_CONFIG_",
+    "JAVA_", "_JAVA", "JDK_", "OPENSSL_", "GIT_", "DPKG_", "DEBIAN_", "DEBCONF_", "GEM_",
+    "BUNDLE_",
+)  # fmt: skip
+# HTTP_PROXY, HTTPS_PROXY, FTP_PROXY, ALL_PROXY and the rest (curl, wget, apt, pip, git...).
+RESERVED_SUFFIXES: Final = ("_PROXY",)
 MAX_MANIFEST_BYTES: Final = 256 * 1024
 DEFAULT_SCRIPT: Final = "install.sh"
 DEFAULT_TIMEOUT_S: Final = 600
@@ -120,10 +136,24 @@ def is_valid_app_id(app_id: object) -> bool:
     return isinstance(app_id, str) and APP_ID_PATTERN.fullmatch(app_id) is not None
 
 
+def reserved_name_reason(name: str) -> str | None:
+    """Why an input may not be called `name` (it would shadow a variable the agent sets or a
+    shell, the loader or a common tool reads), or None when the name is free."""
+    upper = name.upper()
+    if upper in RESERVED_NAMES:
+        return "a variable the agent sets or a shell, the loader or a common tool reads"
+    prefix = next((prefix for prefix in RESERVED_PREFIXES if upper.startswith(prefix)), None)
+    if prefix is not None:
+        return f"and names starting with {prefix} belong to the agent, a shell, loader or tool"
+    suffix = next((suffix for suffix in RESERVED_SUFFIXES if upper.endswith(suffix)), None)
+    if suffix is not None:
+        return f"and names ending with {suffix} set a proxy for download and packaging tools"
+    return None
+
+
 def is_reserved_name(name: str) -> bool:
     """Whether an input called `name` would shadow a variable the agent, shell or loader uses."""
-    upper = name.upper()
-    return upper in RESERVED_NAMES or upper.startswith(RESERVED_PREFIXES)
+    return reserved_name_reason(name) is not None
 
 
 def app_fingerprint(manifest_bytes: bytes, script_bytes: bytes) -> str:

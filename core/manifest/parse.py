@@ -29,7 +29,7 @@ from core.manifest.model import (
     InputSpec,
     Manifest,
     Validation,
-    is_reserved_name,
+    reserved_name_reason,
 )
 from core.manifest.regex_safety import UnsafePatternError, check_pattern
 from core.manifest.yaml_loading import load_yaml
@@ -290,9 +290,10 @@ def _parse_input(value: object, index: int, problems: list[str]) -> _Draft | Non
         if INPUT_NAME_PATTERN.fullmatch(name) is None:
             fields.problem("name", "must match ^[a-z][a-z0-9_]{0,63}$")
             ok = False
-        elif is_reserved_name(name):
+        elif (reason := reserved_name_reason(name)) is not None:
             fields.problem(
-                "name", f"{name.upper()} is reserved for the agent, the shell or the loader"
+                "name",
+                f"{name!r} is reserved: it would reach the script as {name.upper()}, {reason}",
             )
             ok = False
     kind = fields.text("type", required=True)

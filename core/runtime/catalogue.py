@@ -2,14 +2,18 @@
 §2).
 
 A broken app never breaks the catalogue: `load_app` turns every problem (a missing or invalid
-manifest, a missing script, a symlinked script, a missing icon) into an entry listed as
-invalid with its reasons, which the panel shows and `provision apps check` reports. The
+manifest, a missing script, a symlinked script, a missing icon, a folder or script that
+someone other than root could change) into an entry listed as invalid with its reasons, which
+the panel shows and `provision apps check` reports. `unsafe_path_problems` is the one place
+that decides whether root may run an app folder's script: the catalogue, `apps check` and the
+agent's layer 4 (docs/architecture.md §6) all ask it. The
 fingerprint is computed from the very bytes that were parsed, so the panel signs exactly what
 it validated against. This module reads files only; it opens no socket and starts no process.
 """
 
 from __future__ import annotations
 
+import os
 import stat
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,6 +38,9 @@ class AppEntry:
     manifest: Manifest | None
     problems: tuple[str, ...]
     fingerprint: str | None
+    # The problems (also in `problems`) that make running its script unsafe: the agent
+    # refuses such an app with `unsafe_path` rather than `not_whitelisted`.
+    unsafe_path: tuple[str, ...] = ()
 
     @property
     def valid(self) -> bool:
@@ -71,6 +78,64 @@ def _file_problem(folder: Path, name: str, what: str) -> str | None:
     return None
 
 
+def write_access_problems(
+    label: str, info: os.stat_result, *, use_mode: str | None = None
+) -> list[str]:
+    """Who but root and this process's user could change the file or folder `info` describes.
+
+    A group- or world-writable mode, or an owner other than root or the current user, each
+    lets an unprivileged local user change what root will run. `label` starts each problem;
+    `use_mode` is the mode to suggest instead.
+    """
+    problems: list[str] = []
+    mode = stat.S_IMODE(info.st_mode)
+    advice = f"; use {use_mode}" if use_mode else ""
+    if mode & stat.S_IWOTH:
+        problems.append(f"{label} is world-writable (mode {mode:04o}{advice})")
+    elif mode & stat.S_IWGRP:
+        problems.append(f"{label} is group-writable (mode {mode:04o}{advice})")
+    if info.st_uid not in (0, os.getuid()):
+        problems.append(f"{label} is owned by uid {info.st_uid}, not root or the current user")
+    return problems
+
+
+def unsafe_path_problems(folder: Path, script: str | None) -> list[str]:
+    """Why root must not run `script` of the app in `folder`; empty when it may (layer 4).
+
+    The folder is a real directory (not a symbolic link) and the script a regular `.sh` file
+    right inside it (not a symbolic link, not resolving elsewhere), and neither is writable by
+    group or others or owned by anyone but root or this process's user. With `script` None
+    (no manifest names one) only the folder is judged.
+    """
+    try:
+        folder_info = folder.lstat()
+    except OSError as error:
+        return [f"the app folder cannot be read: {error.strerror or error}"]
+    if stat.S_ISLNK(folder_info.st_mode):
+        return ["the app folder is a symbolic link"]
+    if not stat.S_ISDIR(folder_info.st_mode):
+        return ["the app folder is not a directory"]
+    problems = write_access_problems("the app folder", folder_info)
+    if script is None:
+        return problems
+    # The parser already insists on this; the check stays for anyone calling with a name.
+    if "/" in script or "\x00" in script or not script.endswith(".sh") or script == ".sh":
+        return [*problems, f"script {script!r} is not a bare .sh name"]
+    problem = _file_problem(folder, script, "script")
+    if problem is not None:
+        return [*problems, problem]
+    path = folder / script
+    try:
+        inside = path.resolve(strict=True).parent == folder.resolve(strict=True)
+        info = path.lstat()
+    except (OSError, RuntimeError) as error:
+        return [*problems, f"script {script} cannot be read: {error}"]
+    if not inside:
+        problems.append(f"script {script} lies outside its app folder")
+    problems.extend(write_access_problems(f"script {script}", info, use_mode="0755"))
+    return problems
+
+
 def load_app(folder: Path) -> AppEntry:
     """Load one app folder; never raises for a broken app, it records the problems instead."""
     app_id = folder.name
@@ -95,6 +160,8 @@ def load_app(folder: Path) -> AppEntry:
         except ManifestError as error:
             problems.extend(error.problems)
 
+    unsafe = unsafe_path_problems(folder, manifest.script if manifest is not None else None)
+    problems.extend(unsafe)
     fingerprint: str | None = None
     if manifest is not None:
         problems.extend(_folder_problems(folder, manifest))
@@ -113,6 +180,7 @@ def load_app(folder: Path) -> AppEntry:
         manifest=manifest,
         problems=tuple(problems),
         fingerprint=fingerprint,
+        unsafe_path=tuple(unsafe),
     )
 
 
@@ -129,10 +197,10 @@ def _parse_manifest_cached(manifest_bytes: bytes, app_id: str) -> Manifest:
 
 
 def _folder_problems(folder: Path, manifest: Manifest) -> list[str]:
-    """Files the manifest names that are missing or not plain files in the folder."""
+    """Files the manifest names, but the script (`unsafe_path_problems` judges it), that are
+    missing or not plain files in the folder."""
     problems: list[str] = []
     for name, what in (
-        (manifest.script, "script"),
         (manifest.uninstall, "uninstall script"),
         (manifest.icon, "icon"),
     ):
@@ -144,8 +212,10 @@ def _folder_problems(folder: Path, manifest: Manifest) -> list[str]:
 
 
 def _is_app_folder(path: Path) -> bool:
-    # `_lib` holds shared shell helpers and dot-folders are editor or VCS state, not apps.
-    return not path.name.startswith(("_", ".")) and path.is_dir() and not path.is_symlink()
+    # `_lib` holds shared shell helpers and dot-folders are editor or VCS state, not apps. A
+    # symbolic link to a folder is listed, as invalid (`unsafe_path_problems`), so that
+    # `apps check` names it and the agent refuses it with `unsafe_path`.
+    return not path.name.startswith(("_", ".")) and path.is_dir()
 
 
 @dataclass(frozen=True, slots=True)

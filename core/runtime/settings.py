@@ -7,6 +7,7 @@ unit in the name.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -34,6 +35,54 @@ def default_installers_dir(cwd: Path | None = None) -> Path:
     bundled catalogue, so an install runs anywhere and a folder of one's own wins."""
     here = (cwd or Path.cwd()) / "installers"
     return here.resolve() if here.is_dir() else BUNDLED_INSTALLERS_DIR
+
+
+# One allowed `Host`: the name (lower case, IPv6 without brackets, IPs in canonical form) and
+# the port, None when the entry names none.
+HostEntry = tuple[str, int | None]
+
+_HOST_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
+
+
+def normalise_host_name(name: str) -> str | None:
+    """The comparable form of a host name or IP (None when it is neither): lower case, one
+    trailing dot dropped, IP addresses in canonical form (`[0::1]` and `::1` alike)."""
+    name = name.lower().removesuffix(".")
+    try:
+        return ipaddress.ip_address(name).compressed
+    except ValueError:
+        pass
+    if not name or not name.isascii() or not set(name) <= _HOST_NAME_CHARS:
+        return None
+    return name
+
+
+def parse_host(text: str) -> HostEntry | None:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` (a `Host` header's shape), or None when it is
+    none of them; an IPv6 address must be in brackets."""
+    text = text.strip()
+    if text.startswith("["):
+        inside, bracket, rest = text[1:].partition("]")
+        if not bracket or ":" not in inside:
+            return None
+        name, port_text = inside, rest
+        if port_text and not port_text.startswith(":"):
+            return None
+        port_text = port_text[1:] if port_text else ""
+        has_port = bool(rest)
+    else:
+        if text.count(":") > 1:
+            return None  # an IPv6 address without brackets
+        name, colon, port_text = text.partition(":")
+        has_port = bool(colon)
+    normalised = normalise_host_name(name)
+    if normalised is None:
+        return None
+    if not has_port:
+        return normalised, None
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
+        return None
+    return normalised, int(port_text)
 
 
 class _Env:
@@ -89,6 +138,26 @@ class _Env:
         if not 1 <= int(port) <= 65535:
             raise SettingsError(name, f"port must be between 1 and 65535, got {port}")
         return host, int(port)
+
+    def host_list(self, name: str) -> tuple[HostEntry, ...] | None:
+        """Comma-separated `host` or `host:port` entries (`[v6]` or `[v6]:port` for IPv6);
+        unset or empty is None (the caller's default)."""
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return None
+        entries = []
+        for item in raw.split(","):
+            if not item.strip():
+                continue
+            entry = parse_host(item.strip())
+            if entry is None:
+                raise SettingsError(
+                    name, f"expected host or host:port ([v6] or [v6]:port), got {item.strip()!r}"
+                )
+            entries.append(entry)
+        if not entries:
+            raise SettingsError(name, "names no host")
+        return tuple(entries)
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(name, default)
@@ -203,6 +272,9 @@ class PanelSettings:
     login_window_s: int
     submissions_per_minute: int
     max_unfinished_per_user: int
+    # PROV_PANEL_ALLOWED_HOSTS: the `Host`s the panel answers to; None is the default (the
+    # bind address and the loopback names: panel/web/hosts.py).
+    allowed_hosts: tuple[HostEntry, ...] | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PanelSettings:
@@ -232,6 +304,7 @@ class PanelSettings:
             max_unfinished_per_user=env.integer(
                 "PROV_MAX_UNFINISHED_PER_USER", 1000, minimum=1, maximum=1_000_000
             ),
+            allowed_hosts=env.host_list("PROV_PANEL_ALLOWED_HOSTS"),
         )
 
 

@@ -6,6 +6,13 @@ was. Panel and agent run as child processes of this one (`python -m core panel|a
 their log lines prefixed with their name. A child that dies is restarted with a backoff;
 Ctrl-C (or SIGTERM) stops the agent gracefully, then the panel, then Redis, and leaves
 nothing running. A second Ctrl-C hurries the children along.
+
+`PROV_ADMIN_PASSWORD` is taken out of this process's environment before anything is started,
+so neither Redis, the panel nor the agent (nor anything they start) ever holds it; only
+`bootstrap_admin` sees it. `/proc/<pid>/environ` of the `up` process itself still shows it
+for as long as `up` runs: that file is the environment the process was started with, which
+removing a variable does not rewrite (it is readable by the same user and root only). Leave
+the variable unset to have a one-time password printed instead.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -145,11 +152,22 @@ async def _supervise(children: list[Child], stopping: asyncio.Event) -> None:
                 await _start(child)
 
 
+# Read once by `provision up` itself, never handed to a child.
+SECRET_VARIABLES: Final = ("PROV_ADMIN_PASSWORD",)
+
+
+def take_admin_password(environ: MutableMapping[str, str]) -> str:
+    """PROV_ADMIN_PASSWORD ("" when unset), removed from `environ` (for `os.environ`, from the
+    process's C environment too, so no child started afterwards inherits it)."""
+    return environ.pop("PROV_ADMIN_PASSWORD", "")
+
+
 def child_environment(
     base: Mapping[str, str], *, redis_url: str, keys_file: Path, data_dir: Path
 ) -> dict[str, str]:
-    """What panel and agent inherit: ours, plus where Redis, keys and data are."""
-    env = dict(base)
+    """What panel and agent inherit: ours without the secrets, plus where Redis, keys and
+    data are."""
+    env = {key: value for key, value in base.items() if key not in SECRET_VARIABLES}
     env.update(
         {
             "PROV_REDIS_URL": redis_url,
@@ -189,18 +207,18 @@ ADMIN_TOKEN_FILE: Final = "admin.token"  # noqa: S105 - a file name, not a secre
 
 
 async def bootstrap_admin(
-    redis_url: str, namespace: str, data_dir: Path, environ: Mapping[str, str]
+    redis_url: str, namespace: str, data_dir: Path, admin_password: str = ""
 ) -> None:
     """On an empty Redis, create `admin` (printing its one-time password once, unless
-    PROV_ADMIN_PASSWORD gives it); keep a valid admin API token in the data folder for the
-    client commands (mode 0600)."""
+    `admin_password`, PROV_ADMIN_PASSWORD's value, gives it); keep a valid admin API token in
+    the data folder for the client commands (mode 0600)."""
     client = await connect(redis_url)
     try:
         keys = RedisKeys(namespace)
         users = UserStore(client, keys)
         tokens = TokenStore(client, keys)
         if await users.count() == 0:
-            given = environ.get("PROV_ADMIN_PASSWORD", "")
+            given = admin_password
             password = given or secrets.token_urlsafe(18)
             await users.add(ADMIN_NAME, Role.ADMIN, password)
             if given:
@@ -245,11 +263,16 @@ class _Signals:
                         child.process.send_signal(signal.SIGTERM)
 
 
-async def run_up(settings: PanelSettings, environ: Mapping[str, str]) -> int:
-    """Start everything, wait for Ctrl-C, stop everything; the exit code."""
+async def run_up(
+    settings: PanelSettings, environ: Mapping[str, str], *, admin_password: str = ""
+) -> int:
+    """Start everything, wait for Ctrl-C, stop everything; the exit code.
+
+    `admin_password` is PROV_ADMIN_PASSWORD, already taken out of `environ`
+    (`take_admin_password`); the children's environment lacks it in any case."""
     data_dir, keys_file, redis_url, server = _prepare(settings)
     try:
-        await bootstrap_admin(redis_url, settings.common.namespace, data_dir, environ)
+        await bootstrap_admin(redis_url, settings.common.namespace, data_dir, admin_password)
     except BaseException:
         if server is not None:
             server.stop()
@@ -296,8 +319,10 @@ def up_command() -> None:
         settings = PanelSettings.from_env(os.environ)
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
+    # Before Redis, the panel or the agent starts: none of them inherits it (module docstring).
+    admin_password = take_admin_password(os.environ)
     try:
-        code = asyncio.run(run_up(settings, os.environ))
+        code = asyncio.run(run_up(settings, os.environ, admin_password=admin_password))
     except RedisLaunchError as error:
         raise click.ClickException(str(error)) from None
     sys.exit(code)

@@ -14,7 +14,9 @@ Exit codes, the same for every command:
     130  interrupted (Ctrl-C); a followed job goes on running
 
 Standard output carries only the result (a job id, a table, JSON, a job's stdout lines), so
-it can be captured; messages and errors go to standard error.
+it can be captured; messages and errors go to standard error. A job's output lines reach a
+pipe or a file as they are, and a terminal with their control characters escaped (`\\x1b`), so
+an installer's output cannot re-title or clear the operator's terminal.
 """
 
 from __future__ import annotations
@@ -175,22 +177,57 @@ def event_line(event: Mapping[str, Any]) -> str:
     return f"{line}  {' '.join(extras)}" if extras else line
 
 
-def log_line(line: Mapping[str, Any]) -> str:
-    """One output line in the timeline: `  out | ...` or `  err | ...` (red on a terminal)."""
-    if line.get("stream") == "stderr":
-        return click.style("  err | ", fg="red") + str(line.get("line", ""))
-    return click.style("  out | ", dim=True) + str(line.get("line", ""))
+# Every control character (C0, DEL, C1) but tab: an installer's `\033]0;TITLE\007\033[2J`
+# would re-title and clear the operator's terminal. Shown as `\x1b`, `\x07`, `\x9b`...
+_CONTROLS: Final = {
+    code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if code != 0x09
+}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character but tab written as a `\\xNN` escape."""
+    return text.translate(_CONTROLS)
+
+
+def terminal_text(text: str, *, is_terminal: bool) -> str:
+    """What a job's output line becomes on its way out: escaped for a terminal, where control
+    characters would act; as it is for a pipe or a file, so scripts get what was said."""
+    return escape_controls(text) if is_terminal else text
+
+
+def stream_is_terminal(err: bool) -> bool:
+    """Whether standard error (`err`) or standard output is a terminal (tests replace this)."""
+    stream = sys.stderr if err else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+def log_line(line: Mapping[str, Any], *, is_terminal: bool = True) -> str:
+    """One output line in the timeline: `  out | ...` or `  err | ...` (red on a terminal,
+    control characters escaped there; plain and as it is otherwise)."""
+    text = terminal_text(str(line.get("line", "")), is_terminal=is_terminal)
+    stderr = line.get("stream") == "stderr"
+    if not is_terminal:
+        return ("  err | " if stderr else "  out | ") + text
+    if stderr:
+        return click.style("  err | ", fg="red") + text
+    return click.style("  out | ", dim=True) + text
 
 
 def _print_log_line(line: Mapping[str, Any], attempt_seen: list[int]) -> None:
-    """A job's output as it was: stdout lines to stdout, stderr lines to stderr."""
+    """A job's output as it was: stdout lines to stdout, stderr lines to stderr (escaped on a
+    terminal: `terminal_text`)."""
     attempt = line.get("attempt")
     if isinstance(attempt, int) and attempt_seen and attempt != attempt_seen[-1]:
         # Lines of a retry follow those of the failed run; say where one ends.
         click.echo(click.style(f"--- attempt {attempt} ---", dim=True), err=True)
     if isinstance(attempt, int) and (not attempt_seen or attempt != attempt_seen[-1]):
         attempt_seen.append(attempt)
-    click.echo(str(line.get("line", "")), err=line.get("stream") == "stderr")
+    err = line.get("stream") == "stderr"
+    terminal = stream_is_terminal(err)
+    text = terminal_text(str(line.get("line", "")), is_terminal=terminal)
+    # color=True off a terminal: click would strip colour codes, and a pipe gets the line whole.
+    click.echo(text, err=err, color=None if terminal else True)
 
 
 def _outcome(job: Mapping[str, Any]) -> str:
@@ -342,7 +379,9 @@ async def _submit(
         elif message.kind == "event" and isinstance(message.data, dict):
             click.echo(event_line(message.data))
         elif message.kind == "log" and isinstance(message.data, dict):
-            click.echo(log_line(message.data))
+            terminal = stream_is_terminal(False)
+            line = log_line(message.data, is_terminal=terminal)
+            click.echo(line, color=None if terminal else True)
 
     await follow(panel, job_id, show)
     job = await panel.job(job_id)

@@ -471,8 +471,42 @@ async def test_a_symlinked_script_is_refused_and_nothing_executes(
     await start_agent(settings)
     snapshot = await wait_for_state(store, job.job_id, TERMINAL)
     assert snapshot["state"] == "failed"
-    assert snapshot["reason"] in {"not_whitelisted", "unsafe_path"}
+    assert snapshot["reason"] == "unsafe_path"
     assert not effects.exists()
+
+
+async def test_a_script_or_folder_others_could_change_is_refused_and_nothing_executes(
+    installers, effects, ring, store, settings, start_agent, tmp_path
+):
+    # Both jobs were submitted while their apps were sound; then a local user got a way to
+    # change what root runs: a 0777 install.sh, and an app folder swapped for a symbolic
+    # link to one outside the installers (same bytes, so the fingerprint still matches).
+    writable = write_app(installers, "writable", recording(effects))
+    job_writable = await submit(store, ring, installers, "writable")
+    write_app(installers, "linked", recording(effects))
+    job_linked = await submit(store, ring, installers, "linked")
+    (writable / "install.sh").chmod(0o777)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (installers / "linked").rename(elsewhere / "linked")
+    (installers / "linked").symlink_to(elsewhere / "linked", target_is_directory=True)
+    await start_agent(settings)
+    for job in (job_writable, job_linked):
+        snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+        assert (snapshot["state"], snapshot["reason"]) == ("failed", "unsafe_path")
+        assert "start" not in await triggers(store, job.job_id)
+    assert not effects.exists()
+
+
+async def test_the_script_gets_its_jobs_target_as_prov_target(
+    installers, effects, ring, store, settings, start_agent
+):
+    write_app(installers, "where", f'echo "${{PROV_TARGET-unset}}" > {effects}')
+    await start_agent(settings)
+    job = await submit(store, ring, installers, "where")
+    snapshot = await wait_for_state(store, job.job_id, TERMINAL)
+    assert snapshot["state"] == "succeeded"
+    assert effects.read_text() == "local\n"
 
 
 async def test_a_replayed_entry_goes_to_dead_letters_and_leaves_the_job_alone(

@@ -298,9 +298,67 @@ def test_reserved_input_names_are_refused(name):
     assert "reserved" in problems(inputs=[{"name": name, "type": "string"}])
 
 
+# Every name and prefix the contract of docs/architecture.md §2 reserves, each as an input
+# name would spell it (input names are lower case): a prefix or suffix by an example.
+CONTRACT_RESERVED = [
+    *(
+        name.lower()
+        for name in (
+            "PATH", "HOME", "LANG", "SHELL", "IFS", "ENV", "TERM", "TMPDIR", "PS4", "PWD",
+            "OLDPWD", "CDPATH", "GLOBIGNORE", "SHELLOPTS", "EXECIGNORE", "FUNCNEST", "TMOUT",
+            "PROMPT_COMMAND", "HOSTALIASES", "LOCPATH", "GCONV_PATH", "TZ", "TZDIR", "NLSPATH",
+            "GLIBC_TUNABLES", "MALLOC_CHECK_", "SSL_CERT_FILE", "SSL_CERT_DIR",
+            "CURL_CA_BUNDLE", "APT_CONFIG", "NO_PROXY", "POSIXLY_CORRECT", "HISTFILE",
+        )
+    ),
+    # *_PROXY
+    "http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy",
+    # the prefixes, each bare and with a tail
+    "lc_", "lc_ctype", "ld_", "ld_audit", "bash", "bash_env", "prov_", "prov_target",
+    "python", "pythonhome", "perl", "perl5opt", "perl5lib", "perllib", "ruby", "rubyopt",
+    "rubylib", "node_", "node_options", "node_path", "npm_config_", "npm_config_prefix",
+    "java_", "java_tool_options", "jdk_", "jdk_java_options", "openssl_", "openssl_conf",
+    "openssl_modules", "git_", "git_ssh_command", "git_exec_path", "dpkg_", "dpkg_root",
+    "debian_", "debian_frontend", "debconf_", "debconf_frontend", "debconf_db_override",
+    "gem_", "gem_home", "bundle_", "bundle_gemfile",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CONTRACT_RESERVED)
+def test_every_name_the_contract_reserves_is_refused_naming_the_input_and_why(name):
+    assert is_reserved_name(name)
+    found = problems(inputs=[{"name": name, "type": "string"}])
+    assert f"inputs[0] ({name}).name: {name!r} is reserved" in found
+    assert f"would reach the script as {name.upper()}" in found
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("perl5opt", "names starting with PERL"),
+        ("node_options", "names starting with NODE_"),
+        ("https_proxy", "names ending with _PROXY"),
+        ("glibc_tunables", "a variable the agent sets or a shell, the loader"),
+        ("openssl_conf", "names starting with OPENSSL_"),
+        ("debconf_frontend", "names starting with DEBCONF_"),
+    ],
+)
+def test_the_refusal_says_which_rule_reserves_the_name(name, why):
+    assert why in problems(inputs=[{"name": name, "type": "string"}])
+
+
+def test_an_upper_case_only_prefix_is_kept_in_the_rule():
+    # `_JAVA_OPTIONS` cannot be spelled as an input name (it must start with a letter), but
+    # the rule itself stays complete for anything that calls it.
+    assert is_reserved_name("_java_options")
+
+
 def test_names_that_merely_contain_a_reserved_word_are_allowed():
     assert not is_reserved_name("home_page")
     assert not is_reserved_name("my_path")
+    assert not is_reserved_name("proxy_port")  # a proxy suffix only counts at the end
+    assert not is_reserved_name("node")  # only NODE_ is a prefix
+    assert not is_reserved_name("timezone")
     parse(inputs=[{"name": "home_page", "type": "url"}])
 
 
