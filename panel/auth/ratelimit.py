@@ -1,13 +1,16 @@
 """Rate limits kept in Redis, so every panel process shares them: fixed-window counters.
 
 `hit` counts one event and says whether the subject is over its limit for the current
-window, and for how long. Used for failed logins (per account and per client address), so no
-one guesses passwords quickly. (Submissions are limited inside the step that stores a job:
-`panel.jobs.submission_limits`.)
+window, and for how long; `hit_all` counts one event on several counters in one transaction,
+so concurrent callers see the counters in the same order (the n-th to reach one counter is
+the n-th to reach the others too). Used for failed logins (per account and per client
+address), so no one guesses passwords quickly. (Submissions are limited inside the step that
+stores a job: `panel.jobs.submission_limits`.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -29,6 +32,8 @@ class Verdict:
 
     allowed: bool
     retry_after_s: int
+    # The window's count, this event included (0 where nothing was counted).
+    count: int = 0
 
 
 class RateLimiter:
@@ -52,7 +57,25 @@ class RateLimiter:
             pipe.incr(key)
             pipe.expire(key, limit.window_s + 1)
             count, _ = await pipe.execute()
-        return Verdict(allowed=int(count) <= limit.count, retry_after_s=retry_after)
+        return Verdict(
+            allowed=int(count) <= limit.count, retry_after_s=retry_after, count=int(count)
+        )
+
+    async def hit_all(
+        self, events: Sequence[tuple[str, str, Limit]], *, now_s: int
+    ) -> list[Verdict]:
+        """`hit` on each `(kind, subject, limit)`, all in one transaction; in that order."""
+        keyed = [(self._key(kind, subject, limit, now_s), limit) for kind, subject, limit in events]
+        async with self._client.pipeline(transaction=True) as pipe:
+            for (key, _retry_after), limit in keyed:
+                pipe.incr(key)
+                pipe.expire(key, limit.window_s + 1)
+            results = await pipe.execute()
+        counts = [int(count) for count in results[::2]]
+        return [
+            Verdict(allowed=count <= limit.count, retry_after_s=retry_after, count=count)
+            for ((_key, retry_after), limit), count in zip(keyed, counts, strict=True)
+        ]
 
     async def blocked(self, kind: str, subject: str, limit: Limit, *, now_s: int) -> Verdict:
         """Whether the subject is already over the limit, without counting anything."""

@@ -2,10 +2,29 @@
 
 The login form answers a wrong password and an unknown user with the same words, the same
 status and the same work (an argon2 verification either way), so it tells no one which
-accounts exist. Failed attempts are counted per account and per client address in Redis;
-past the limit the form answers 429 with `Retry-After` until the window ends. A successful
-login always creates a new session (and drops the old one), so a session id planted before
-login is never promoted.
+accounts exist. A successful login always creates a new session (and drops the old one), so a
+session id planted before login is never promoted.
+
+Failed logins slow an attacker down without locking the owner out. Every attempt is counted,
+before its password is checked, per client address (`PROV_LOGIN_FAILURES_PER_ADDRESS`), and
+per account (`PROV_LOGIN_FAILURES_PER_ACCOUNT`), both in one Redis transaction, in windows of
+`PROV_LOGIN_WINDOW_S`; a refused attempt gets 429 with `Retry-After` until the window ends.
+
+- Past the address limit, every attempt from that address is refused, whatever the name.
+- Past the account limit, an attempt on that account is refused only from an address that
+  has failed in the window (its counter held something before this attempt), so the owner
+  at an address that has not failed still logs in with the right password while the guesser
+  stays locked out. The rule is "has failed at all", not "has failed on this account": the
+  per-address counter already says it, so the only counters are the contract's two kinds
+  (per account, per address), never one per account and address; and an address that has
+  spent its failures on other names gets no fresh try at a locked account either.
+- Only accounts that exist get a counter: a name that is not a user is counted on the
+  address alone, so a flood of invented names leaves nothing per name in Redis and is still
+  slowed by the address limit. For any well-formed name both cases make the same Redis round
+  trips (the user lookup, one counting transaction) before the same argon2 check.
+- A success takes its attempt off the address count. It also clears the account's failures,
+  unless the account was already past its limit: then it takes off only its own attempt, so
+  the owner logging in does not hand the guesser a fresh allowance.
 
 The login form carries a CSRF token too, a pre-session one (a forged login would put the
 victim's browser in the attacker's account). It is stateless, so it works across several
@@ -194,16 +213,20 @@ async def login(request: web.Request) -> web.StreamResponse:
     limiter = app[appkeys.LIMITER]
     per_account, per_address = _limits(request)
     address = request.remote or "unknown"
-    # Count the attempt before checking it (one atomic INCR each), so parallel guesses can
-    # never get past the limit while earlier ones are still being verified.
-    attempts = (
-        ("login-account", username, per_account),
-        ("login-address", address, per_address),
-    )
-    verdicts = [
-        await limiter.hit(kind, subject, limit, now_s=now_s) for kind, subject, limit in attempts
-    ]
-    refused = [verdict for verdict in verdicts if not verdict.allowed]
+    users = app[appkeys.USERS]
+    known = await users.get(username) is not None
+    # Count the attempt before checking it (one transaction of atomic INCRs), so parallel
+    # guesses can never get past the limit while earlier ones are still being verified.
+    attempts = [("login-address", address, per_address)]
+    if known:  # no counter for a name that is not a user
+        attempts.append(("login-account", username, per_account))
+    verdicts = await limiter.hit_all(attempts, now_s=now_s)
+    by_address = verdicts[0]
+    by_account = verdicts[1] if known else None
+    address_has_failed = by_address.count > 1  # something counted before this attempt
+    refused = [by_address] if not by_address.allowed else []
+    if by_account is not None and not by_account.allowed and address_has_failed:
+        refused.append(by_account)
     if refused:
         retry_after = max(verdict.retry_after_s for verdict in refused)
         response = _page(
@@ -215,11 +238,16 @@ async def login(request: web.Request) -> web.StreamResponse:
         )
         response.headers["Retry-After"] = str(retry_after)
         return response
-    user = await app[appkeys.USERS].authenticate(username, password)
+    user = await users.authenticate(username, password)
     if user is None:
         return _page(request, 401, error=WRONG, username=username, next=next_path)
-    # A success is not a failure: take it off both counts.
-    await limiter.clear("login-account", username, per_account, now_s=now_s)
+    # A success is not a failure: take it off both counts; the account's earlier failures go
+    # too, unless someone had already run the account past its limit.
+    if by_account is not None:
+        if by_account.count - 1 < per_account.count:
+            await limiter.clear("login-account", username, per_account, now_s=now_s)
+        else:
+            await limiter.undo("login-account", username, per_account, now_s=now_s)
     await limiter.undo("login-address", address, per_address, now_s=now_s)
     sessions = app[appkeys.SESSIONS]
     old = request.cookies.get(COOKIE_NAME)
