@@ -47,7 +47,8 @@ _AES_KEY_BYTES = 32
 InputValue = str | list[str]
 
 
-def _derive(secret: bytes, info: bytes) -> bytes:
+def derive_key(secret: bytes, info: bytes) -> bytes:
+    """A 32-byte key for one use (`info` names it), derived from a ring secret with HKDF."""
     # A fresh HKDF object per call: cryptography's KDFs may be used only once.
     hkdf = HKDF(algorithm=hashes.SHA256(), length=_AES_KEY_BYTES, salt=HKDF_SALT, info=info)
     return hkdf.derive(secret)
@@ -61,7 +62,7 @@ def _associated_data(job_id: str, name: str) -> bytes:
 
 def _seal_key(ring: KeyRing, kid: str) -> bytes:
     try:
-        return _derive(ring.secret(kid), SEAL_INFO)
+        return derive_key(ring.secret(kid), SEAL_INFO)
     except UnknownKey:
         raise SealError(f"cannot seal or open under unknown key id {kid!r}") from None
 
@@ -108,7 +109,7 @@ def secret_fingerprint(ring: KeyRing, value: str, *, kid: str | None = None) -> 
         secret = ring.secret(use_kid)
     except UnknownKey:
         raise SealError(f"cannot fingerprint under unknown key id {use_kid!r}") from None
-    key = _derive(secret, FINGERPRINT_INFO)
+    key = derive_key(secret, FINGERPRINT_INFO)
     return FINGERPRINT_PREFIX + hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
 
 

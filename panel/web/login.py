@@ -41,7 +41,7 @@ panel processes and leaves nothing in Redis for anonymous visitors:
   simply try again.
 
 Keyed, not a plain double-submit (token == cookie): the HMAC key is derived with HKDF from
-the key ring's secrets under its own label (`FORM_KEY_INFO`, with `core.sealing`'s salt; the
+the key ring's secrets under its own label (`FORM_KEY_INFO`, by `core.sealing.derive_key`; the
 ring secrets themselves only sign jobs), so a cookie planted by a sibling subdomain cannot be
 paired with a token the attacker made up, only with one this panel issued. The token carries
 its issue time, so a form is refused after an hour even if the browser kept the cookie. Every
@@ -60,10 +60,8 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from core.sealing import HKDF_SALT
+from core.sealing import derive_key
 from panel import appkeys
 from panel.auth.access import CSRF_FIELD, IDENTITY
 from panel.auth.ratelimit import Limit
@@ -119,9 +117,7 @@ def _limits(request: web.Request) -> tuple[Limit, Limit]:
 
 
 def _form_key(secret: bytes) -> bytes:
-    # A fresh HKDF object per call: cryptography's KDFs may be used only once.
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT, info=FORM_KEY_INFO)
-    return hkdf.derive(secret)
+    return derive_key(secret, FORM_KEY_INFO)
 
 
 def form_token(secret: bytes, nonce: str, issued_s: int) -> str:

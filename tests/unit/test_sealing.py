@@ -138,7 +138,8 @@ def test_a_damaged_token_is_a_seal_error(token):
 def test_a_token_holding_bytes_that_are_not_utf8_is_a_seal_error():
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from core.sealing import SEAL_INFO, _associated_data, _derive
+    from core.sealing import SEAL_INFO, _associated_data
+    from core.sealing import derive_key as _derive
 
     key = _derive(RING.secret("k1"), SEAL_INFO)
     nonce = b"\x07" * NONCE_BYTES
